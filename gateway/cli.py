@@ -1,0 +1,186 @@
+"""The ``skein`` command: serve the gateway, chat from a terminal, inspect rooms."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+DEFAULT_URL = "https://127.0.0.1:4433/v1/chat"
+DEFAULT_CA = Path("certs/ca.pem")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.server.app import run
+    from gateway.server.config import load_config
+
+    try:
+        config = load_config(
+            args.config,
+            host=args.host,
+            port=args.port,
+            certificate_file=args.cert,
+            private_key_file=args.key,
+            log_level=args.log_level,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"skein serve: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    try:
+        asyncio.run(run(config))
+    except FileNotFoundError as exc:
+        print(f"skein serve: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"skein serve: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _client_options(args: argparse.Namespace) -> dict[str, object]:
+    if args.insecure:
+        return {"verify": False}
+    ca = args.ca or (DEFAULT_CA if DEFAULT_CA.exists() else None)
+    return {"ca_file": ca}
+
+
+async def _chat(args: argparse.Namespace) -> int:
+    from gateway.sdk.client import connect
+    from gateway.wire.frames import Priority
+
+    priority = Priority[args.priority.upper()]
+    loop = asyncio.get_running_loop()
+    async with connect(args.url, name=args.name, **_client_options(args)) as client:
+        await client.join(args.room)
+        print(
+            f"joined {args.room} as {args.name or 'anonymous'}; type a line to send it, Ctrl-D quits"
+        )
+
+        async def show() -> None:
+            async for event in client.messages():
+                m = event.message
+                print(f"[{event.room}] {m.sender}: {m.body.decode('utf-8', 'replace')}", flush=True)
+
+        printer = asyncio.create_task(show())
+        try:
+            while True:
+                line = await loop.run_in_executor(None, sys.stdin.readline)
+                if not line:
+                    break
+                if line.strip():
+                    await client.publish(args.room, line.rstrip("\n").encode(), priority=priority)
+        finally:
+            printer.cancel()
+    return 0
+
+
+async def _rooms(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from gateway.sdk.http import get_json
+
+    base = args.url.split("/v1/", 1)[0]
+    options = _client_options(args)
+    console = Console()
+    names = args.room or (await get_json(f"{base}/v1/rooms", **options))[1]["rooms"]  # type: ignore[arg-type]
+    table = Table(
+        "room",
+        "mode",
+        "epoch",
+        "shards (id: last seq)",
+        "msgs/s by shard",
+        "room msgs/s",
+        "subscribers",
+    )
+    for name in names:
+        status, info = await get_json(f"{base}/v1/rooms/{name}", **options)  # type: ignore[arg-type]
+        if status != 200:
+            console.print(f"[red]{name}: {info.get('error', status)}[/red]")
+            continue
+        shards = ", ".join(f"{k}: {v}" for k, v in info["shards"].items())
+        rates = ", ".join(f"{k}: {v:.1f}" for k, v in info["velocities"].items())
+        table.add_row(
+            name,
+            info["mode"],
+            str(info["epoch"]),
+            shards,
+            rates,
+            f"{info['room_velocity']:.1f}",
+            str(info["subscribers"]),
+        )
+    console.print(table)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skein",
+        description="Skein: an HTTP/3 / QUIC messaging gateway for live chat on mobile networks.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the gateway",
+        description=(
+            "Serve HTTP/3 with WebTransport chat sessions. Settings come from --config (TOML with "
+            "[server], [core] and [core.sharding] tables) and are overridden by the flags."
+        ),
+    )
+    serve.add_argument("--config", type=Path, help="TOML configuration file")
+    serve.add_argument("--host", help="UDP address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="UDP port (default 4433)")
+    serve.add_argument("--cert", type=Path, help="PEM certificate chain (default certs/server.pem)")
+    serve.add_argument("--key", type=Path, help="PEM private key (default certs/server.key)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(run=_serve)
+
+    def client_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", default=DEFAULT_URL, help=f"gateway URL (default {DEFAULT_URL})")
+        p.add_argument("--ca", type=Path, help="CA to verify the gateway (default certs/ca.pem)")
+        p.add_argument("--insecure", action="store_true", help="skip certificate verification")
+
+    chat = sub.add_parser(
+        "chat",
+        help="chat in a room from this terminal",
+        description=("Join a room, print its messages, and send each line you type."),
+    )
+    chat.add_argument("--room", default="lobby", help="room to join (default lobby)")
+    chat.add_argument("--name", default="", help="your name in the room")
+    chat.add_argument("--priority", default="normal", choices=["chatter", "normal", "high"])
+    client_flags(chat)
+    chat.set_defaults(run=lambda a: asyncio.run(_chat(a)))
+
+    rooms = sub.add_parser("rooms", help="show rooms, their shard maps and velocities")
+    rooms.add_argument("room", nargs="*", help="rooms to show (default: all)")
+    client_flags(rooms)
+    rooms.set_defaults(run=lambda a: asyncio.run(_rooms(a)))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, ConnectionError, TimeoutError) as exc:
+        print(
+            f"skein {args.command}: cannot reach the gateway: {exc!r}. Is `skein serve` running, "
+            f"and is --url right?",
+            file=sys.stderr,
+        )
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""The sans-IO gateway: sessions and rooms in, framed bytes out.
+
+The server layer feeds it what arrives (``connect``, ``receive_data``, ``disconnect``) and the time,
+re-arms one timer from :meth:`Hub.get_timer`, calls :meth:`Hub.handle_timer` when it fires, and after
+every call sends what :meth:`Hub.take_outputs` returns. The hub never reads a clock, sleeps or
+touches a socket.
+
+Fan-out: a publish is sequenced and acked at once; the message waits in its room until the tick
+(``tick_ms`` after the first pending message), when each room's new messages become one Deliver
+frame, encoded once (and lz4-compressed once for the clients that asked), and the same bytes go to
+every subscriber.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.core.config import CoreConfig
+from gateway.core.room import Room
+from gateway.core.session import Session, State
+from gateway.core.sharder import make_policy
+from gateway.errors import ErrorCode, GatewayError, Rejected, RemoteProtocolError
+from gateway.wire import frames as f
+from gateway.wire.codec import (
+    decode_client_frame,
+    deliver_frame,
+    deliver_lz4_frame,
+    encode_deliver,
+    encode_server_frame,
+)
+from gateway.wire.framing import delimit
+
+__all__ = ["CAPABILITIES", "Close", "Hub", "Output", "RoomInfo", "Send"]
+
+CAPABILITIES = ("lz4",)
+_REPLAY_BATCH_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write ``data`` (complete, length-prefixed frames) to the stream of each connection."""
+
+    conn_ids: tuple[int, ...]
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """End this connection's session with an error code (the Error frame was already sent)."""
+
+    conn_id: int
+    code: ErrorCode
+    reason: str
+
+
+Output = Send | Close
+
+
+@dataclass(frozen=True, slots=True)
+class RoomInfo:
+    """What ``skein rooms`` shows about a room."""
+
+    name: str
+    mode: str
+    epoch: int
+    shards: dict[int, int]  # shard id -> last seq
+    velocities: dict[int, float]  # shard id -> smoothed msgs/s
+    room_velocity: float
+    subscribers: int
+
+
+class Hub:
+    """Sessions, rooms and fan-out for one gateway process. See the module docstring."""
+
+    def __init__(self, config: CoreConfig | None = None) -> None:
+        self.config = config or CoreConfig()
+        self._tick_s = self.config.tick_ms / 1000.0
+        self._sessions: dict[int, Session] = {}
+        self._rooms: dict[str, Room] = {}
+        self._outputs: list[Output] = []
+        self._dirty: set[str] = set()
+        self._flush_at: float | None = None
+        self._checks: dict[str, float] = {}
+        self._handlers: dict[type[f.ClientFrame], Callable[[Session, Any, float], None]] = {
+            f.Hello: self._on_hello,
+            f.Join: self._on_join,
+            f.Leave: self._on_leave,
+            f.Publish: self._on_publish,
+            f.Fetch: self._on_fetch,
+            f.Ping: self._on_ping,
+        }
+
+    # ---- inputs ---------------------------------------------------------------------------------
+
+    def connect(self, conn_id: int, now: float) -> None:
+        """A client opened its session stream. ``conn_id`` must be new."""
+        if conn_id in self._sessions:
+            raise ValueError(f"connection {conn_id} already has a session")
+        session_id = f"{self.config.node_id}-{conn_id:x}"
+        self._sessions[conn_id] = Session(
+            conn_id, session_id, max_frame_bytes=self.config.max_frame_bytes
+        )
+
+    def receive_data(self, conn_id: int, data: bytes, now: float) -> None:
+        """Bytes arrived on a session's stream. Errors become Error frames (and maybe a Close)."""
+        session = self._sessions.get(conn_id)
+        if session is None or session.state is State.CLOSED:
+            return
+        try:
+            payloads = session.decoder.feed(data)
+        except GatewayError as exc:
+            self._fail(session, exc)
+            return
+        for payload in payloads:
+            try:
+                frame = decode_client_frame(payload)
+                session.advance(frame)
+                self._handlers[type(frame)](session, frame, now)
+            except GatewayError as exc:
+                self._fail(session, exc)
+            if self._sessions.get(conn_id) is not session:  # closed by the error
+                return
+
+    def stream_ended(self, conn_id: int, now: float) -> None:
+        """The client finished its stream. Ending mid-frame is a protocol error."""
+        session = self._sessions.get(conn_id)
+        if session is not None and not session.decoder.at_frame_boundary():
+            self._fail(session, RemoteProtocolError("stream ended inside a frame", fatal=True))
+        self.disconnect(conn_id, now)
+
+    def disconnect(self, conn_id: int, now: float) -> None:
+        """The connection is gone: leave every room. Unknown ids are ignored."""
+        session = self._sessions.pop(conn_id, None)
+        if session is None:
+            return
+        session.state = State.CLOSED
+        for name in session.rooms:
+            room = self._rooms.get(name)
+            if room is not None:
+                room.subscribers.discard(conn_id)
+        session.rooms.clear()
+
+    # ---- timers and outputs ---------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` should next run, or None when nothing is waiting."""
+        times = list(self._checks.values())
+        if self._flush_at is not None:
+            times.append(self._flush_at)
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        """Fan out due batches and let the sharder re-shard rooms whose time has come."""
+        if self._flush_at is not None and now >= self._flush_at:
+            self.flush(now)
+        for name, at in list(self._checks.items()):
+            if now >= at:
+                del self._checks[name]
+                room = self._rooms.get(name)
+                if room is not None:
+                    self._maybe_reshard(room, now)
+
+    def take_outputs(self) -> list[Output]:
+        """Everything to send since the last call, in order. The caller must send all of it."""
+        outputs, self._outputs = self._outputs, []
+        return outputs
+
+    def flush(self, now: float) -> None:
+        """Fan out every room's pending messages now (the tick calls this)."""
+        self._flush_at = None
+        dirty, self._dirty = self._dirty, set()
+        for name in dirty:
+            room = self._rooms.get(name)
+            if room is not None:
+                self._fan_out(room, now)
+                self._maybe_reshard(room, now)
+
+    # ---- introspection --------------------------------------------------------------------------
+
+    def room_names(self) -> list[str]:
+        return sorted(self._rooms)
+
+    def room_info(self, name: str, now: float) -> RoomInfo | None:
+        room = self._rooms.get(name)
+        if room is None:
+            return None
+        return RoomInfo(
+            name=name,
+            mode=room.mode.value,
+            epoch=room.shard_map.epoch,
+            shards={s.id: s.last_seq for s in room.current_shards},
+            velocities=room.policy.velocities(now),
+            room_velocity=room.policy.room_velocity(now),
+            subscribers=len(room.subscribers),
+        )
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    # ---- frame handlers -------------------------------------------------------------------------
+
+    def _on_hello(self, session: Session, frame: f.Hello, now: float) -> None:
+        if frame.protocol_version != f.PROTOCOL_VERSION:
+            raise Rejected(
+                f"protocol version {frame.protocol_version} is not supported; this gateway speaks "
+                f"version {f.PROTOCOL_VERSION}",
+                code=ErrorCode.UNSUPPORTED_VERSION,
+                fatal=True,
+            )
+        common = tuple(c for c in CAPABILITIES if c in frame.capabilities)
+        session.lz4 = "lz4" in common
+        # Until JWT auth lands the client names itself; its name is its sender identity.
+        session.user = frame.client_name or f"anon-{session.session_id}"
+        welcome = f.Welcome(
+            f.PROTOCOL_VERSION,
+            common,
+            session.session_id,
+            self.config.max_frame_bytes,
+            self.config.max_body_bytes,
+        )
+        self._send_frame(session, welcome)
+
+    def _room_for_join(self, name: str, now: float) -> Room:
+        room = self._rooms.get(name)
+        if room is None:
+            if len(self._rooms) >= self.config.max_rooms:
+                raise Rejected("the gateway has too many rooms", code=ErrorCode.TOO_MANY_ROOMS)
+            room = Room(
+                name,
+                policy=make_policy(self.config.sharding),
+                now=now,
+                log_messages=self.config.log_messages_per_shard,
+                epochs_kept=self.config.epochs_kept,
+            )
+            self._rooms[name] = room
+        return room
+
+    def _on_join(self, session: Session, frame: f.Join, now: float) -> None:
+        if (
+            frame.room not in session.rooms
+            and len(session.rooms) >= self.config.max_rooms_per_session
+        ):
+            raise Rejected(
+                f"a session may join at most {self.config.max_rooms_per_session} rooms",
+                code=ErrorCode.TOO_MANY_ROOMS,
+                request_id=frame.request_id,
+            )
+        room = self._room_for_join(frame.room, now)
+        replay: list[bytes] = []
+        missed = 0
+        if frame.cursor is not None:
+            replay, missed = room.replay(frame.cursor)
+        room.subscribers.add(session.conn_id)
+        session.rooms.add(frame.room)
+        joined = f.Joined(frame.request_id, room.name, room.shard_maps, missed, room.frontier())
+        self._send_frame(session, joined)
+        for batch in _batches(replay, _REPLAY_BATCH_BYTES):
+            self._outputs.append(
+                Send((session.conn_id,), delimit(deliver_frame(encode_deliver(room.name, batch))))
+            )
+
+    def _on_leave(self, session: Session, frame: f.Leave, now: float) -> None:
+        session.rooms.discard(frame.room)
+        room = self._rooms.get(frame.room)
+        if room is not None:
+            room.subscribers.discard(session.conn_id)
+        self._send_frame(session, f.Left(frame.request_id, frame.room))
+
+    def _joined_room(self, session: Session, name: str, request_id: int) -> Room:
+        room = self._rooms.get(name) if name in session.rooms else None
+        if room is None:
+            raise Rejected(
+                f"join room {name!r} first", code=ErrorCode.NOT_JOINED, request_id=request_id
+            )
+        return room
+
+    def _on_publish(self, session: Session, frame: f.Publish, now: float) -> None:
+        if len(frame.body) > self.config.max_body_bytes:
+            raise Rejected(
+                f"body of {len(frame.body)} bytes exceeds {self.config.max_body_bytes}",
+                code=ErrorCode.BODY_TOO_LARGE,
+                request_id=frame.request_id,
+            )
+        room = self._joined_room(session, frame.room, frame.request_id)
+        try:
+            published = room.publish(frame, session.user)
+        except GatewayError as exc:
+            exc.request_id = frame.request_id
+            raise
+        ack = f.Ack(frame.request_id, frame.client_msg_id, published.shard, published.seq)
+        self._send_frame(session, ack)
+        if not published.duplicate:
+            self._dirty.add(room.name)
+            if self._flush_at is None:
+                self._flush_at = now + self._tick_s
+
+    def _on_fetch(self, session: Session, frame: f.Fetch, now: float) -> None:
+        room = self._joined_room(session, frame.room, frame.request_id)
+        try:
+            shard = room.shard(frame.shard)
+        except GatewayError as exc:
+            exc.request_id = frame.request_id
+            raise
+        if frame.from_seq > shard.last_seq:
+            raise Rejected(
+                f"shard {shard.id} has {shard.last_seq} messages; nothing from {frame.from_seq}",
+                code=ErrorCode.OUT_OF_RANGE,
+                request_id=frame.request_id,
+            )
+        to_seq = min(frame.to_seq, frame.from_seq + self.config.max_fetch_messages - 1)
+        entries = shard.entries(frame.from_seq, to_seq)
+        first = shard.first_seq if frame.from_seq < shard.first_seq else 0
+        fetched = f.Fetched(
+            frame.request_id, room.name, shard.id, tuple(e.message for e in entries), first
+        )
+        self._send_frame(session, fetched)
+
+    def _on_ping(self, session: Session, frame: f.Ping, now: float) -> None:
+        self._send_frame(session, f.Pong(frame.nonce))
+
+    # ---- helpers --------------------------------------------------------------------------------
+
+    def _send_frame(self, session: Session, frame: f.ServerFrame) -> None:
+        self._outputs.append(Send((session.conn_id,), delimit(encode_server_frame(frame))))
+
+    def _fail(self, session: Session, exc: GatewayError) -> None:
+        """The one place a GatewayError becomes an Error frame (and, if fatal, a Close)."""
+        session.errors += 1
+        fatal = exc.fatal or session.errors >= self.config.max_errors_per_session
+        self._send_frame(session, f.Error(exc.code, exc.message, exc.request_id, fatal))
+        if fatal:
+            self._outputs.append(Close(session.conn_id, exc.code, exc.message))
+            self.disconnect(session.conn_id, 0.0)
+
+    def _fan_out(self, room: Room, now: float) -> None:
+        pending, counts = room.take_pending()
+        for shard_id, count in counts.items():
+            room.policy.observe(shard_id, count, now)
+        if not pending or not room.subscribers:
+            return
+        deliver = encode_deliver(room.name, pending)
+        plain = delimit(deliver_frame(deliver))
+        if len(deliver) < self.config.lz4_min_bytes:
+            self._outputs.append(Send(tuple(room.subscribers), plain))
+            return
+        sessions = self._sessions
+        lz4_ids = tuple(c for c in room.subscribers if sessions[c].lz4)
+        plain_ids = tuple(c for c in room.subscribers if not sessions[c].lz4)
+        if plain_ids:
+            self._outputs.append(Send(plain_ids, plain))
+        if lz4_ids:
+            self._outputs.append(Send(lz4_ids, delimit(deliver_lz4_frame(deliver))))
+
+    def _maybe_reshard(self, room: Room, now: float) -> None:
+        count = room.policy.decide([s.id for s in room.current_shards], now)
+        if count is not None and count != len(room.current_shards):
+            self._fan_out(room, now)  # the old epoch's messages go out before the new map
+            self._dirty.discard(room.name)
+            shard_map = room.reshard(count, now)
+            if room.subscribers:
+                data = delimit(encode_server_frame(shard_map))
+                self._outputs.append(Send(tuple(room.subscribers), data))
+        check = room.policy.next_check(now)
+        if check is None:
+            self._checks.pop(room.name, None)
+        else:
+            self._checks[room.name] = check
+
+
+def _batches(encoded: list[bytes], max_bytes: int) -> Iterable[list[bytes]]:
+    batch: list[bytes] = []
+    size = 0
+    for item in encoded:
+        if batch and size + len(item) > max_bytes:
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += len(item)
+    if batch:
+        yield batch

@@ -1,0 +1,207 @@
+"""A room: its shards, its epochs, and the messages waiting for the next fan-out tick.
+
+Routing keeps sender affinity: within an epoch a sender always lands on the same shard (a stable hash
+of the sender), so its messages keep their order by seq. Across a split or merge every shard of the
+old epoch is sealed and the new shards' first messages depend on all of them (``ShardMap.sealed``),
+so a sender's next message, wherever it lands, comes causally after its previous one.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from gateway.core.shard import Entry, Shard
+from gateway.core.sharder import ShardPolicy
+from gateway.errors import ErrorCode, RemoteProtocolError
+from gateway.wire.frames import Cursor, Publish, ShardMap
+
+__all__ = ["Published", "Room", "RoomMode"]
+
+
+class RoomMode(Enum):
+    """``live``: lossy chatter plus a reliable channel. ``group``: everything reliable."""
+
+    LIVE = "live"
+    GROUP = "group"
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """The result of a publish: where it was sequenced, and whether it was a retry."""
+
+    shard: int
+    seq: int
+    duplicate: bool
+    entry: Entry | None
+
+
+class Room:
+    """One room's sequencing state. Sans-IO: time is passed in; nothing here sends anything."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        policy: ShardPolicy,
+        now: float,
+        mode: RoomMode = RoomMode.LIVE,
+        log_messages: int = 10_000,
+        epochs_kept: int = 16,
+        dedupe_window: int = 4096,
+    ) -> None:
+        self.name = name
+        self.mode = mode
+        self.policy = policy
+        self.subscribers: set[int] = set()
+        self._log_messages = log_messages
+        self._next_shard_id = 1
+        self._maps: deque[ShardMap] = deque(maxlen=epochs_kept)
+        self._shards: dict[int, Shard] = {}
+        self._current: tuple[Shard, ...] = ()
+        self._pending: list[bytes] = []
+        self._pending_counts: dict[int, int] = {}
+        self._recent: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
+        self._dedupe_window = dedupe_window
+        self._start_epoch(1, {}, 0, now)
+
+    # ---- epochs ---------------------------------------------------------------------------------
+
+    @property
+    def shard_map(self) -> ShardMap:
+        return self._maps[-1]
+
+    @property
+    def shard_maps(self) -> tuple[ShardMap, ...]:
+        """Every epoch whose shards are still retained, oldest first."""
+        return tuple(self._maps)
+
+    @property
+    def current_shards(self) -> tuple[Shard, ...]:
+        return self._current
+
+    def _start_epoch(self, count: int, sealed: dict[int, int], base_sum: int, now: float) -> None:
+        epoch = self._maps[-1].epoch + 1 if self._maps else 1
+        if len(self._maps) == self._maps.maxlen:
+            for shard_id in self._maps[0].shards:  # the oldest epoch's logs go with its map
+                self._shards.pop(shard_id, None)
+        new = []
+        for _ in range(count):
+            shard = Shard(self._next_shard_id, log_messages=self._log_messages)
+            self._next_shard_id += 1
+            self._shards[shard.id] = shard
+            new.append(shard)
+        self._current = tuple(new)
+        ids = tuple(s.id for s in new)
+        self._maps.append(ShardMap(self.name, epoch, ids, sealed, base_sum))
+        self.policy.reset(ids, now)
+
+    def reshard(self, count: int, now: float) -> ShardMap:
+        """Seal every current shard and start a new epoch with ``count`` shards.
+
+        The caller must fan out what is pending (``take_pending``) *before* it sends the new map, so
+        that subscribers see the old epoch's messages first.
+        """
+        if self._pending:
+            raise RuntimeError("take_pending() before reshard()")
+        sealed = {}
+        for shard in self._current:
+            shard.sealed = True
+            if shard.last_seq:
+                sealed[shard.id] = shard.last_seq
+        base_sum = self.shard_map.base_sum + sum(sealed.values())
+        self._start_epoch(count, sealed, base_sum, now)
+        return self.shard_map
+
+    # ---- publishing -----------------------------------------------------------------------------
+
+    def route(self, sender: str) -> Shard:
+        """The shard this sender's messages go to in the current epoch (stable within an epoch)."""
+        current = self._current
+        if len(current) == 1:
+            return current[0]
+        return current[zlib.crc32(sender.encode()) % len(current)]
+
+    def _own_deps(self, deps: Mapping[int, int], own: int) -> dict[int, int]:
+        """Validate a publisher's clock; keep the current epoch's other shards only.
+
+        Entries for sealed shards are checked and dropped: the epoch's ``sealed`` map dominates them.
+        """
+        kept = {}
+        current_ids = {s.id for s in self._current}
+        for shard_id, seq in deps.items():
+            shard = self._shards.get(shard_id)
+            if shard is None:
+                if shard_id < self._next_shard_id:
+                    continue  # an epoch that is no longer retained: long dominated
+                raise RemoteProtocolError(
+                    f"vector clock names shard {shard_id}, which room {self.name!r} never had",
+                    code=ErrorCode.BAD_VECTOR_CLOCK,
+                )
+            shard.check_dep(seq)
+            if shard_id != own and shard_id in current_ids:
+                kept[shard_id] = seq
+        return kept
+
+    def publish(self, frame: Publish, sender: str) -> Published:
+        """Sequence a publish (or recognise a retry of one). Raises RemoteProtocolError."""
+        key = (sender, frame.client_msg_id)
+        if frame.client_msg_id and (seen := self._recent.get(key)) is not None:
+            return Published(seen[0], seen[1], True, None)
+        shard = self.route(sender)
+        deps = self._own_deps(frame.deps, shard.id) if frame.deps else {}
+        entry = shard.sequence(
+            deps=deps,
+            sender=sender,
+            client_msg_id=frame.client_msg_id,
+            priority=frame.priority,
+            body=frame.body,
+        )
+        if frame.client_msg_id:
+            self._recent[key] = (shard.id, entry.message.seq)
+            if len(self._recent) > self._dedupe_window:
+                self._recent.popitem(last=False)
+        self._pending.append(entry.encoded)
+        self._pending_counts[shard.id] = self._pending_counts.get(shard.id, 0) + 1
+        return Published(shard.id, entry.message.seq, False, entry)
+
+    def take_pending(self) -> tuple[list[bytes], dict[int, int]]:
+        """Hand over the encoded messages since the last call and the count per shard."""
+        pending, counts = self._pending, self._pending_counts
+        self._pending, self._pending_counts = [], {}
+        return pending, counts
+
+    # ---- reading --------------------------------------------------------------------------------
+
+    def frontier(self) -> dict[int, int]:
+        """What a new subscriber starts from: the current shards' last seqs and the sealed ones."""
+        result = dict(self.shard_map.sealed)
+        for shard in self._current:
+            if shard.last_seq:
+                result[shard.id] = shard.last_seq
+        return result
+
+    def shard(self, shard_id: int) -> Shard:
+        """A retained shard, or RemoteProtocolError(OUT_OF_RANGE)."""
+        shard = self._shards.get(shard_id)
+        if shard is None:
+            raise RemoteProtocolError(
+                f"room {self.name!r} has no shard {shard_id} (unknown or no longer retained)",
+                code=ErrorCode.OUT_OF_RANGE,
+            )
+        return shard
+
+    def replay(self, cursor: Cursor) -> tuple[list[bytes], int]:
+        """Encoded messages after ``cursor`` from every retained shard, and how many are gone."""
+        out: list[bytes] = []
+        missed = 0
+        for shard in self._shards.values():
+            after = cursor.delivered.get(shard.id, 0)
+            if after >= shard.last_seq:
+                continue
+            missed += max(0, shard.first_seq - after - 1)
+            out.extend(e.encoded for e in shard.entries(after + 1, shard.last_seq))
+        return out, missed

@@ -1,0 +1,513 @@
+"""The asyncio SDK client: a QUIC/HTTP/3 WebTransport session to the gateway.
+
+::
+
+    async with connect("https://127.0.0.1:4433/v1/chat", name="alice", ca_file="certs/ca.pem") as c:
+        await c.join("lobby")
+        ack = await c.publish("lobby", b"hello")
+        async for event in c.messages():
+            print(event.message.sender, event.message.body)
+
+The session survives network changes: :meth:`Client.migrate` moves the connection to a new local
+address (QUIC connection migration), and if the connection dies the client reconnects with jittered
+backoff, re-joins every room from its cursor and re-sends unacknowledged publishes (with the same
+client message ids, so nothing is sequenced twice). All protocol logic is in
+:class:`~gateway.sdk.session.ClientSession`; this module only moves bytes and keeps timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
+from aioquic.tls import SessionTicket
+
+from gateway.errors import ConnectionLost, ErrorCode, GatewayError, LocalProtocolError, ServerError
+from gateway.sdk.session import (
+    Answer,
+    ClientSession,
+    MessageEvent,
+    MissedEvent,
+    SessionEvent,
+    ShardMapEvent,
+    SkippedEvent,
+)
+from gateway.wire import frames as f
+
+__all__ = ["Client", "ClientConfig", "ClientStats", "connect"]
+
+log = logging.getLogger("skein.sdk")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientConfig:
+    """How the client connects. Units are in the names.
+
+    ``ca_file`` verifies the gateway against a CA bundle (the dev CA is ``certs/ca.pem``);
+    ``verify=False`` skips verification (development only). ``dual_stack`` uses one IPv6 socket
+    that also talks IPv4 (IPv4-mapped addresses), as phones often do.
+    """
+
+    name: str = ""
+    token: str = ""
+    ca_file: Path | str | None = None
+    verify: bool = True
+    capabilities: tuple[str, ...] = ("lz4",)
+    dual_stack: bool = False
+    local_host: str | None = None
+    idle_timeout_s: float = 30.0
+    keepalive_s: float = 5.0
+    request_timeout_s: float = 15.0
+    housekeeping_s: float = 0.05
+    reconnect: bool = True
+    reconnect_give_up_s: float = 120.0
+    max_queued_messages: int = 100_000
+    stream_window_bytes: int = 8 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class ClientStats:
+    """Counters an application (or loadgen) can read at any time."""
+
+    migrations: int = 0
+    reconnects: int = 0
+    skipped: int = 0
+    missed: int = 0
+    shard_maps: int = 0
+
+
+@dataclass(slots=True)
+class _Pending:
+    future: asyncio.Future[Any]
+    room: str = ""
+    publish: tuple[bytes, f.Priority, str] | None = None
+
+
+@dataclass(slots=True)
+class _Link:
+    """One QUIC connection carrying the session."""
+
+    protocol: _LinkProtocol
+    transport: asyncio.DatagramTransport
+    family: int
+    connect_stream: int = -1
+    frame_stream: int = -1
+    status: asyncio.Future[int] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class _LinkProtocol(QuicConnectionProtocol):
+    def __init__(self, quic: QuicConnection, client: Client) -> None:
+        super().__init__(quic)
+        self.client = client
+        self.h3 = H3Connection(quic, enable_webtransport=True)
+        self.link: _Link | None = None
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        link = self.link
+        if isinstance(event, ConnectionTerminated):
+            if link is not None:
+                if not link.status.done():
+                    link.status.set_exception(
+                        ConnectionLost(f"connection closed: {event.reason_phrase}")
+                    )
+                self.client._link_lost(link, event.reason_phrase)
+            return
+        if (
+            isinstance(event, StreamDataReceived)
+            and link is not None
+            and event.stream_id == link.frame_stream
+        ):
+            # Our own bidirectional WebTransport stream: aioquic's client-side H3 does not mark
+            # streams it opened as WebTransport, so it would parse the gateway's bytes as HTTP/3
+            # frames. The stream carries only Skein frames; take them before H3 sees them.
+            self.client._on_data(link, event.data, event.end_stream)
+            return
+        for h3_event in self.h3.handle_event(event):
+            if link is None:
+                continue
+            if isinstance(h3_event, HeadersReceived) and h3_event.stream_id == link.connect_stream:
+                if not link.status.done():
+                    status = dict(h3_event.headers).get(b":status", b"0")
+                    link.status.set_result(int(status))
+                elif h3_event.stream_ended:
+                    self.client._link_lost(link, "the gateway ended the session")
+
+
+class Client:
+    """A connected session. Create it with :func:`connect`."""
+
+    def __init__(self, url: str, config: ClientConfig) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise LocalProtocolError(f"expected https://host:port/path, got {url!r}")
+        self.url = url
+        self.host = parts.hostname
+        self.port = parts.port or 443
+        self.path = parts.path or "/v1/chat"
+        self.config = config
+        self.session = ClientSession(
+            name=config.name, token=config.token, capabilities=config.capabilities
+        )
+        self.stats = ClientStats()
+        self._loop = asyncio.get_running_loop()
+        self._link: _Link | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._welcome: asyncio.Future[f.Welcome] | None = None
+        self._messages: asyncio.Queue[MessageEvent | None] = asyncio.Queue()
+        self._ticket: SessionTicket | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._overflowed = False
+
+    # ---- public API -----------------------------------------------------------------------------
+
+    async def join(self, room: str) -> f.Joined:
+        """Join ``room``. Returns the Joined answer. Raises ServerError if refused."""
+        request_id, data = self.session.join(room, resume=False)
+        result: f.Joined = await self._request(request_id, data, _Pending(self._future(), room))
+        return result
+
+    async def publish(
+        self, room: str, body: bytes, *, priority: f.Priority = f.Priority.NORMAL
+    ) -> f.Ack:
+        """Publish and wait for the gateway's ack (its shard and seq). Survives reconnects."""
+        request_id, msg_id, data = self.session.publish(room, body, priority=priority)
+        pending = _Pending(self._future(), room, (body, priority, msg_id))
+        ack: f.Ack = await self._request(request_id, data, pending)
+        return ack
+
+    async def leave(self, room: str) -> None:
+        request_id, data = self.session.leave(room)
+        await self._request(request_id, data, _Pending(self._future(), room))
+
+    async def messages(self) -> AsyncIterator[MessageEvent]:
+        """Every message of every joined room, in causal order per room, until the client closes."""
+        while True:
+            event = await self._messages.get()
+            if event is None:
+                if self._overflowed:
+                    raise LocalProtocolError(
+                        "the application fell behind by more than max_queued_messages; "
+                        "consume messages() faster or raise the limit"
+                    )
+                return
+            yield event
+
+    async def migrate(self, local_addr: str | None = None) -> None:
+        """Move the connection to a new local socket (new port; new address if given).
+
+        The address family stays the one the connection talks with. The gateway validates the new
+        path and the session carries on; this returns once a PING has crossed the new path.
+        """
+        link = self._require_link()
+        sock = self._socket(link.family, local_addr or self._local_host(link))
+        old = link.transport
+        transport, _ = await self._loop.create_datagram_endpoint(lambda: link.protocol, sock=sock)
+        link.transport = transport
+        old.close()
+        link.protocol.change_connection_id()
+        await asyncio.wait_for(link.protocol.ping(), self.config.request_timeout_s)
+        self.stats.migrations += 1
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        link = self._require_link()
+        name = link.transport.get_extra_info("sockname")
+        return (name[0], name[1])
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None
+
+    async def close(self) -> None:
+        """Close the session and the connection. Safe to call twice."""
+        if self._closing:
+            return
+        self._closing = True
+        for task in [*self._tasks, self._reconnecting]:
+            if task is not None:
+                task.cancel()
+        link, self._link = self._link, None
+        if link is not None:
+            link.protocol.close(error_code=0x100, reason_phrase="client closing")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(link.protocol.wait_closed(), 1.0)
+            link.transport.close()
+        self._fail_pending(ConnectionLost("client closed"))
+        self._messages.put_nowait(None)
+
+    # ---- connection -----------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        """Open a link, WebTransport session and Hello; re-join rooms and re-send publishes."""
+        link = await self._dial()
+        link.connect_stream = link.protocol._quic.get_next_available_stream_id()
+        link.protocol.h3.send_headers(
+            link.connect_stream,
+            [
+                (b":method", b"CONNECT"),
+                (b":protocol", b"webtransport"),
+                (b":scheme", b"https"),
+                (b":authority", f"{self.host}:{self.port}".encode()),
+                (b":path", self.path.encode()),
+            ],
+        )
+        link.protocol.transmit()
+        status = await asyncio.wait_for(link.status, self.config.request_timeout_s)
+        if status != 200:
+            link.protocol.close()
+            raise ServerError(
+                f"the gateway refused the WebTransport session at {self.path}: HTTP {status}",
+                code=ErrorCode.UNSPECIFIED,
+            )
+        link.frame_stream = link.protocol.h3.create_webtransport_stream(link.connect_stream)
+        self.session.reset_stream()
+        self._welcome = self._future()
+        self._link = link
+        self._send(self.session.hello())
+        await asyncio.wait_for(self._welcome, self.config.request_timeout_s)
+        self._resume()
+
+    async def _dial(self) -> _Link:
+        cfg = self.config
+        quic_cfg = QuicConfiguration(
+            is_client=True,
+            alpn_protocols=H3_ALPN,
+            server_name=self.host,
+            max_datagram_frame_size=65536,
+            idle_timeout=cfg.idle_timeout_s,
+            max_stream_data=cfg.stream_window_bytes,
+            max_data=cfg.stream_window_bytes * 2,
+        )
+        if not cfg.verify:
+            quic_cfg.verify_mode = ssl.CERT_NONE
+        elif cfg.ca_file is not None:
+            quic_cfg.load_verify_locations(str(cfg.ca_file))
+        quic_cfg.session_ticket = self._ticket
+        infos = await self._loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+        addr: tuple[Any, ...] = infos[0][4]
+        family = infos[0][0]
+        if cfg.dual_stack and family == socket.AF_INET:
+            family, addr = socket.AF_INET6, ("::ffff:" + addr[0], addr[1], 0, 0)
+        local = cfg.local_host or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+        sock = self._socket(family, local)
+        quic = QuicConnection(configuration=quic_cfg, session_ticket_handler=self._store_ticket)
+        transport, protocol = await self._loop.create_datagram_endpoint(
+            lambda: _LinkProtocol(quic, self), sock=sock
+        )
+        link = _Link(protocol, transport, family)
+        protocol.link = link
+        protocol.connect(addr)
+        try:
+            await asyncio.wait_for(protocol.wait_connected(), self.config.request_timeout_s)
+        except BaseException:
+            transport.close()
+            raise
+        return link
+
+    def _socket(self, family: int, host: str) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                if "." in host and not host.startswith("::ffff:"):
+                    host = "::ffff:" + host
+                sock.bind((host, 0, 0, 0))
+            else:
+                sock.bind((host, 0))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _local_host(self, link: _Link) -> str:
+        host: str = link.transport.get_extra_info("sockname")[0]
+        return host
+
+    def _store_ticket(self, ticket: SessionTicket) -> None:
+        self._ticket = ticket
+
+    def _resume(self) -> None:
+        """After (re)connecting: re-join rooms from their cursors, re-send unacked publishes."""
+        old, self._pending = self._pending, {}
+        joins = {p.room: p for p in old.values() if p.publish is None and p.room}
+        for room in self.session.rooms():
+            request_id, data = self.session.join(room, resume=True)
+            self._pending[request_id] = joins.pop(room, _Pending(self._future(), room))
+            self._send(data)
+        for pending in old.values():
+            if pending.publish is not None and not pending.future.done():
+                body, priority, msg_id = pending.publish
+                request_id, _, data = self.session.publish(
+                    pending.room, body, priority=priority, client_msg_id=msg_id
+                )
+                self._pending[request_id] = pending
+                self._send(data)
+        for pending in joins.values():  # leaves of rooms the session already forgot
+            if not pending.future.done():
+                pending.future.set_result(None)
+
+    def _link_lost(self, link: _Link, reason: str) -> None:
+        if link is not self._link:
+            return
+        self._link = None
+        link.transport.close()
+        log.info("connection lost: %s", reason)
+        if self._closing:
+            return
+        if not self.config.reconnect:
+            self._fail_pending(ConnectionLost(f"connection lost: {reason}"))
+            self._messages.put_nowait(None)
+            return
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = self._loop.create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        deadline = self._loop.time() + self.config.reconnect_give_up_s
+        delay = 0.05
+        while not self._closing:
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            try:
+                await self._open()
+                self.stats.reconnects += 1
+                return
+            except (TimeoutError, OSError, GatewayError, ConnectionError) as exc:
+                log.info("reconnect failed: %r", exc)
+                if self._link is not None:
+                    self._link.transport.close()
+                    self._link = None
+            if self._loop.time() > deadline:
+                self._fail_pending(ConnectionLost("gave up reconnecting"))
+                self._messages.put_nowait(None)
+                return
+            delay = min(delay * 2, 2.0)
+
+    # ---- I/O helpers ----------------------------------------------------------------------------
+
+    def _require_link(self) -> _Link:
+        if self._link is None:
+            raise ConnectionLost("not connected (reconnecting)")
+        return self._link
+
+    def _future(self) -> asyncio.Future[Any]:
+        return self._loop.create_future()
+
+    def _send(self, data: bytes) -> None:
+        link = self._link
+        if link is None or not data:
+            return  # re-sent by _resume() on the next connection
+        link.protocol._quic.send_stream_data(link.frame_stream, data)
+        link.protocol.transmit()
+
+    async def _request(self, request_id: int, data: bytes, pending: _Pending) -> Any:
+        self._pending[request_id] = pending
+        self._send(data)
+        return await asyncio.wait_for(asyncio.shield(pending.future), self.config.request_timeout_s)
+
+    def _fail_pending(self, exc: GatewayError) -> None:
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+                pending.future.exception()  # mark retrieved: the caller may have timed out
+        self._pending.clear()
+
+    def _on_data(self, link: _Link, data: bytes, ended: bool) -> None:
+        if link is not self._link:
+            return
+        try:
+            events = self.session.receive_data(data, self._loop.time())
+        except GatewayError as exc:
+            log.warning("gateway sent an undecodable frame: %s", exc)
+            link.protocol.close(error_code=0x101, reason_phrase="bad frame from gateway")
+            return
+        for event in events:
+            self._dispatch(event)
+        if ended:
+            self._link_lost(link, "the gateway ended the session stream")
+
+    def _dispatch(self, event: SessionEvent) -> None:
+        if isinstance(event, MessageEvent):
+            if self._messages.qsize() >= self.config.max_queued_messages:
+                self._overflowed = True
+                self._messages.put_nowait(None)
+                return
+            self._messages.put_nowait(event)
+        elif isinstance(event, Answer):
+            self._answer(event)
+        elif isinstance(event, SkippedEvent):
+            self.stats.skipped += event.count
+        elif isinstance(event, MissedEvent):
+            self.stats.missed += event.gap.to_seq - event.gap.from_seq + 1
+        elif isinstance(event, ShardMapEvent):
+            self.stats.shard_maps += 1
+
+    def _answer(self, event: Answer) -> None:
+        frame = event.frame
+        if isinstance(frame, f.Welcome):
+            if self._welcome is not None and not self._welcome.done():
+                self._welcome.set_result(frame)
+            return
+        if isinstance(frame, f.Error) and frame.fatal:
+            log.warning("gateway closed the session: %s (%s)", frame.message, frame.code.name)
+        pending = self._pending.pop(event.request_id, None)
+        if pending is None or pending.future.done():
+            return
+        if isinstance(frame, f.Error):
+            pending.future.set_exception(
+                ServerError(
+                    frame.message, code=frame.code, request_id=frame.request_id, fatal=frame.fatal
+                )
+            )
+        else:
+            pending.future.set_result(frame)
+
+    async def _housekeeping(self) -> None:
+        """Fetch what the reconcilers miss, and keep the connection alive, until closed."""
+        next_ping = self._loop.time() + self.config.keepalive_s
+        while not self._closing:
+            await asyncio.sleep(self.config.housekeeping_s)
+            now = self._loop.time()
+            self._send(self.session.fetches(now))
+            link = self._link
+            if link is not None and now >= next_ping:
+                link.protocol._quic.send_ping(0)
+                link.protocol.transmit()
+                next_ping = now + self.config.keepalive_s
+
+
+@contextlib.asynccontextmanager
+async def connect(url: str, **options: Any) -> AsyncIterator[Client]:
+    """Open a session to the gateway at ``url``; ``options`` are :class:`ClientConfig` fields.
+
+    Raises ConnectionLost / OSError / TimeoutError when the gateway can't be reached, and
+    ServerError if it refuses the session.
+    """
+    client = Client(url, ClientConfig(**options))
+    try:
+        await client._open()
+    except BaseException:
+        await client.close()
+        raise
+    client._tasks.append(asyncio.get_running_loop().create_task(client._housekeeping()))
+    try:
+        yield client
+    finally:
+        await client.close()

@@ -1,0 +1,74 @@
+"""A minimal HTTP/3 GET for the gateway's JSON endpoints (``skein rooms``, ``skein top``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from aioquic.asyncio.client import connect as quic_connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import DataReceived, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import QuicEvent
+
+__all__ = ["get_json"]
+
+
+class _GetProtocol(QuicConnectionProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.h3 = H3Connection(self._quic)
+        self.status = 0
+        self.body = bytearray()
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        for h3_event in self.h3.handle_event(event):
+            if isinstance(h3_event, HeadersReceived):
+                self.status = int(dict(h3_event.headers).get(b":status", b"0"))
+                ended = h3_event.stream_ended
+            elif isinstance(h3_event, DataReceived):
+                self.body += h3_event.data
+                ended = h3_event.stream_ended
+            else:
+                continue
+            if ended and not self.done.done():
+                self.done.set_result(None)
+
+
+async def get_json(
+    url: str, *, ca_file: Path | str | None = None, verify: bool = True, timeout_s: float = 10.0
+) -> tuple[int, Any]:
+    """GET ``url`` over HTTP/3 and return (status, decoded JSON body)."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 443
+    config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name=host)
+    if not verify:
+        config.verify_mode = ssl.CERT_NONE
+    elif ca_file is not None:
+        config.load_verify_locations(str(ca_file))
+    async with quic_connect(
+        host, port, configuration=config, create_protocol=_GetProtocol
+    ) as proto:
+        protocol = cast(_GetProtocol, proto)
+        stream_id = protocol._quic.get_next_available_stream_id()
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        protocol.h3.send_headers(
+            stream_id,
+            [
+                (b":method", b"GET"),
+                (b":scheme", b"https"),
+                (b":authority", f"{host}:{port}".encode()),
+                (b":path", path.encode()),
+                (b"accept", b"application/json"),
+            ],
+            end_stream=True,
+        )
+        protocol.transmit()
+        await asyncio.wait_for(protocol.done, timeout_s)
+        return protocol.status, json.loads(bytes(protocol.body) or b"null")

@@ -1,0 +1,251 @@
+"""The SDK's sans-IO session: builds client frames, reads server frames, reconciles each room.
+
+It never touches a socket or a clock. Feed it what the gateway sent (:meth:`ClientSession.receive_data`)
+with the time, send what its methods return, and act on the events they give back. The asyncio
+client (:mod:`gateway.sdk.client`) is a thin adapter around it; a simulator can drive it directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gateway.errors import LocalProtocolError
+from gateway.sdk.reconcile import Delivered, FetchRange, Gap, Reconciler
+from gateway.wire import frames as f
+from gateway.wire.codec import decode_server_frame, encode_client_frame
+from gateway.wire.framing import FrameDecoder, delimit
+
+__all__ = [
+    "Answer",
+    "ClientSession",
+    "MessageEvent",
+    "MissedEvent",
+    "SessionEvent",
+    "ShardMapEvent",
+    "SkippedEvent",
+]
+
+MAX_SERVER_FRAME_BYTES = 16 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The answer to a request (Welcome answers request 0; Error answers whatever it names)."""
+
+    request_id: int
+    frame: f.ServerFrame
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEvent:
+    """A message became deliverable, in causal order for its room."""
+
+    room: str
+    message: f.Message
+    key: tuple[int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardMapEvent:
+    room: str
+    shard_map: f.ShardMap
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedEvent:
+    """The gateway shed ``count`` messages of this room for this client (it fell behind)."""
+
+    room: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class MissedEvent:
+    """Messages the gateway no longer has: the client will never see them."""
+
+    room: str
+    gap: Gap
+
+
+SessionEvent = Answer | MessageEvent | ShardMapEvent | SkippedEvent | MissedEvent
+
+
+class ClientSession:
+    """One session's protocol state. See the module docstring for how to drive it."""
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        token: str = "",
+        capabilities: Iterable[str] = ("lz4",),
+        gap_timeout_s: float = 0.05,
+    ) -> None:
+        self.name = name
+        self.token = token
+        self.capabilities = tuple(capabilities)
+        self._gap_timeout_s = gap_timeout_s
+        self._decoder = FrameDecoder(MAX_SERVER_FRAME_BYTES)
+        self._request_ids = itertools.count(1)
+        self._rooms: dict[str, Reconciler] = {}
+        self._current_shards: dict[str, tuple[int, ...]] = {}
+        self._epochs: dict[str, int] = {}
+        self._msg_prefix = os.urandom(6).hex()
+        self._msg_counter = itertools.count(1)
+        self.welcome: f.Welcome | None = None
+
+    # ---- requests: each returns bytes to write on the session stream ----------------------------
+
+    def hello(self) -> bytes:
+        return self._frame(f.Hello(f.PROTOCOL_VERSION, self.capabilities, self.token, self.name))
+
+    def join(self, room: str, *, resume: bool = True) -> tuple[int, bytes]:
+        """Join (or re-join) ``room``. On a re-join with ``resume`` the cursor asks for a replay."""
+        request_id = next(self._request_ids)
+        reconciler = self._rooms.get(room)
+        cursor = reconciler.cursor() if reconciler is not None and resume else None
+        if reconciler is None:
+            self._rooms[room] = Reconciler(gap_timeout_s=self._gap_timeout_s)
+        return request_id, self._frame(f.Join(request_id, room, cursor))
+
+    def leave(self, room: str) -> tuple[int, bytes]:
+        request_id = next(self._request_ids)
+        self._rooms.pop(room, None)
+        self._current_shards.pop(room, None)
+        self._epochs.pop(room, None)
+        return request_id, self._frame(f.Leave(request_id, room))
+
+    def publish(
+        self,
+        room: str,
+        body: bytes,
+        *,
+        priority: f.Priority = f.Priority.NORMAL,
+        client_msg_id: str | None = None,
+    ) -> tuple[int, str, bytes]:
+        """Build a publish carrying what this client has delivered in the room as its deps.
+
+        Returns (request_id, client_msg_id, bytes). Retrying with the same client_msg_id is safe:
+        the gateway acks it again without sequencing it twice. Raises LocalProtocolError if the
+        room was not joined.
+        """
+        reconciler = self._rooms.get(room)
+        if reconciler is None:
+            raise LocalProtocolError(f"join {room!r} before publishing to it")
+        request_id = next(self._request_ids)
+        msg_id = client_msg_id or f"{self._msg_prefix}-{next(self._msg_counter)}"
+        current = self._current_shards.get(room, ())
+        delivered = reconciler.delivered
+        deps = {s: delivered[s] for s in current if delivered.get(s)}
+        frame = f.Publish(request_id, room, msg_id, body, priority, deps)
+        return request_id, msg_id, self._frame(frame)
+
+    def ping(self, nonce: int) -> bytes:
+        return self._frame(f.Ping(nonce))
+
+    def fetches(self, now: float) -> bytes:
+        """Fetch frames for every gap the reconcilers want filled now (b"" if none)."""
+        out = []
+        for room, reconciler in self._rooms.items():
+            for wanted in reconciler.wanted(now):
+                out.append(self._fetch(room, wanted))
+        return b"".join(out)
+
+    def cursors(self) -> dict[str, f.Cursor]:
+        """Each joined room's resume point."""
+        return {room: r.cursor() for room, r in self._rooms.items()}
+
+    def rooms(self) -> list[str]:
+        return list(self._rooms)
+
+    def reconciler(self, room: str) -> Reconciler:
+        """The room's reconciler (its ordered() view, counters). Raises KeyError if not joined."""
+        return self._rooms[room]
+
+    def reset_stream(self) -> None:
+        """Forget partial input: call when the session moves to a new connection."""
+        self._decoder = FrameDecoder(MAX_SERVER_FRAME_BYTES)
+
+    # ---- input ----------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> list[SessionEvent]:
+        """Bytes from the gateway. Returns events in order. Raises RemoteProtocolError on garbage."""
+        events: list[SessionEvent] = []
+        for payload in self._decoder.feed(data):
+            self._handle(decode_server_frame(payload), now, events)
+        return events
+
+    def _handle(self, frame: f.ServerFrame, now: float, events: list[SessionEvent]) -> None:
+        match frame:
+            case f.Deliver():
+                self._deliver(frame.room, frame.messages, now, events)
+                if frame.skipped:
+                    events.append(SkippedEvent(frame.room, frame.skipped))
+            case f.ShardMap():
+                self._apply_map(frame)
+                events.append(ShardMapEvent(frame.room, frame))
+            case f.Joined():
+                self._joined(frame)
+                events.append(Answer(frame.request_id, frame))
+            case f.Fetched():
+                self._fetched(frame, now, events)
+                events.append(Answer(frame.request_id, frame))
+            case f.Welcome():
+                self.welcome = frame
+                events.append(Answer(0, frame))
+            case f.Ack() | f.Left() | f.Error():
+                events.append(Answer(frame.request_id, frame))
+            case f.Pong():
+                events.append(Answer(0, frame))
+
+    def _apply_map(self, shard_map: f.ShardMap) -> None:
+        reconciler = self._rooms.get(shard_map.room)
+        if reconciler is None:
+            return
+        reconciler.apply_shard_map(shard_map)
+        if shard_map.epoch >= self._epochs.get(shard_map.room, 0):
+            self._current_shards[shard_map.room] = shard_map.shards
+            self._epochs[shard_map.room] = shard_map.epoch
+
+    def _joined(self, frame: f.Joined) -> None:
+        reconciler = self._rooms.get(frame.room)
+        if reconciler is None:
+            return
+        for shard_map in frame.shard_maps:
+            self._apply_map(shard_map)
+        reconciler.skip_to(frame.frontier)
+
+    def _deliver(
+        self, room: str, messages: Iterable[f.Message], now: float, events: list[SessionEvent]
+    ) -> None:
+        reconciler = self._rooms.get(room)
+        if reconciler is None:
+            return  # left the room; late batches are dropped
+        reconciler.receive(messages, now)
+        for delivered in reconciler.drain():
+            events.append(_message_event(room, delivered))
+
+    def _fetched(self, frame: f.Fetched, now: float, events: list[SessionEvent]) -> None:
+        reconciler = self._rooms.get(frame.room)
+        if reconciler is None:
+            return
+        if frame.first_available_seq:
+            gap = reconciler.lost(frame.shard, frame.first_available_seq)
+            if gap is not None:
+                events.append(MissedEvent(frame.room, gap))
+        self._deliver(frame.room, frame.messages, now, events)
+
+    def _fetch(self, room: str, wanted: FetchRange) -> bytes:
+        request_id = next(self._request_ids)
+        return self._frame(f.Fetch(request_id, room, wanted.shard, wanted.from_seq, wanted.to_seq))
+
+    @staticmethod
+    def _frame(frame: f.ClientFrame) -> bytes:
+        return delimit(encode_client_frame(frame))
+
+
+def _message_event(room: str, delivered: Delivered) -> MessageEvent:
+    return MessageEvent(room, delivered.message, delivered.key)

@@ -1,0 +1,252 @@
+"""The gateway process: binds QUIC, owns the hub, moves bytes between them and keeps one timer.
+
+This is the only layer (with the SDK's client) that touches sockets, asyncio and aioquic's asyncio
+module. It maps each WebTransport session to a hub connection id; the QUIC connection, not the
+network address, holds the session, so a client that changes address keeps it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import signal
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import partial
+
+from aioquic.asyncio.server import QuicServer, serve
+from aioquic.h3.connection import H3_ALPN
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import NetworkAddress
+from aioquic.tls import SessionTicket
+
+from gateway.core.hub import Close, Hub, Send
+from gateway.server.config import ServerConfig
+from gateway.server.protocol import GatewayProtocol
+
+__all__ = ["GatewayServer", "run"]
+
+log = logging.getLogger("skein.server")
+
+
+@dataclass(slots=True)
+class _Route:
+    protocol: GatewayProtocol
+    stream_id: int
+
+
+class _TicketStore:
+    """TLS session tickets for resumption and 0-RTT, bounded (oldest evicted)."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._tickets: OrderedDict[bytes, SessionTicket] = OrderedDict()
+        self._capacity = capacity
+
+    def add(self, ticket: SessionTicket) -> None:
+        self._tickets[ticket.ticket] = ticket
+        if len(self._tickets) > self._capacity:
+            self._tickets.popitem(last=False)
+
+    def pop(self, label: bytes) -> SessionTicket | None:
+        # Single use: a ticket replayed for a second 0-RTT attempt finds nothing (RFC 8446 8.1).
+        return self._tickets.pop(label, None)
+
+
+def _classify(before: NetworkAddress, after: NetworkAddress) -> str:
+    """``nat_rebinding`` when only the port changed, ``address_change`` otherwise."""
+    return "nat_rebinding" if before[0] == after[0] else "address_change"
+
+
+class GatewayServer:
+    """A running gateway. ``await start()``, then ``await close()`` (or use :func:`run`)."""
+
+    def __init__(self, config: ServerConfig, *, hub: Hub | None = None) -> None:
+        self.config = config
+        self.hub = hub or Hub(config.core)
+        self.migrations: collections.Counter[str] = collections.Counter()
+        self.address: tuple[str, int] = (config.host, config.port)
+        self._routes: dict[int, _Route] = {}
+        self._next_conn_id = 1
+        self._protocols: set[GatewayProtocol] = set()
+        self._tickets = _TicketStore()
+        self._server: QuicServer | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def quic_configuration(self) -> QuicConfiguration:
+        cfg = self.config
+        quic = QuicConfiguration(
+            alpn_protocols=H3_ALPN,
+            is_client=False,
+            max_datagram_frame_size=cfg.max_datagram_frame_bytes,
+            idle_timeout=cfg.idle_timeout_s,
+            max_data=cfg.stream_window_bytes * 4,
+            max_stream_data=cfg.stream_window_bytes,
+        )
+        try:
+            quic.load_cert_chain(cfg.certificate_file, cfg.private_key_file)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(
+                f"certificate not found ({exc.filename}): run `make certs` for development "
+                "certificates, or set certificate_file/private_key_file (--cert/--key)"
+            ) from None
+        return quic
+
+    async def start(self) -> None:
+        """Bind the UDP socket and start serving. ``self.address`` is the bound address."""
+        self._loop = asyncio.get_running_loop()
+        self._server = await serve(
+            self.config.host,
+            self.config.port,
+            configuration=self.quic_configuration(),
+            create_protocol=partial(GatewayProtocol, gateway=self),
+            session_ticket_fetcher=self._tickets.pop,
+            session_ticket_handler=self._tickets.add,
+        )
+        transport = self._server._transport
+        assert transport is not None
+        sockname = transport.get_extra_info("sockname")
+        self.address = (sockname[0], sockname[1])
+        log.info(
+            "serving", extra={"event": "serving", "address": f"{self.address[0]}:{self.address[1]}"}
+        )
+
+    async def close(self) -> None:
+        """Close every connection and the socket."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for protocol in list(self._protocols):
+            protocol.close(error_code=0x100, reason_phrase="gateway shutting down")
+        await asyncio.sleep(0)
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    # ---- called by protocols --------------------------------------------------------------------
+
+    def session_opened(self, protocol: GatewayProtocol, stream_id: int) -> int:
+        conn_id = self._next_conn_id
+        self._next_conn_id += 1
+        self._protocols.add(protocol)
+        self._routes[conn_id] = _Route(protocol, stream_id)
+        self.hub.connect(conn_id, self.now())
+        log.debug(
+            "session opened",
+            extra={"event": "session_opened", "conn": conn_id, "cid": protocol.cid},
+        )
+        return conn_id
+
+    def session_data(self, conn_id: int, data: bytes) -> None:
+        self.hub.receive_data(conn_id, data, self.now())
+        self._pump()
+
+    def session_ended(self, conn_id: int, *, abruptly: bool) -> None:
+        if self._routes.pop(conn_id, None) is None:
+            return
+        if abruptly:
+            self.hub.stream_ended(conn_id, self.now())
+        else:
+            self.hub.disconnect(conn_id, self.now())
+        self._pump()
+
+    def connection_closed(self, protocol: GatewayProtocol) -> None:
+        self._protocols.discard(protocol)
+
+    def path_changed(
+        self, protocol: GatewayProtocol, before: NetworkAddress, after: NetworkAddress
+    ) -> None:
+        kind = _classify(before, after)
+        self.migrations[kind] += 1
+        log.info(
+            "connection migrated",
+            extra={
+                "event": "migration",
+                "kind": kind,
+                "cid": protocol.cid,
+                "from": f"{before[0]}:{before[1]}",
+                "to": f"{after[0]}:{after[1]}",
+            },
+        )
+
+    # ---- outputs and the timer ------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        touched: set[GatewayProtocol] = set()
+        routes = self._routes
+        for output in self.hub.take_outputs():
+            if isinstance(output, Send):
+                data = output.data
+                for conn_id in output.conn_ids:
+                    route = routes.get(conn_id)
+                    if route is not None:
+                        route.protocol.send_frames(route.stream_id, data)
+                        touched.add(route.protocol)
+            elif isinstance(output, Close):
+                route = routes.pop(output.conn_id, None)
+                if route is not None:
+                    log.info(
+                        "session closed by gateway",
+                        extra={
+                            "event": "session_closed",
+                            "conn": output.conn_id,
+                            "code": int(output.code),
+                            "reason": output.reason,
+                        },
+                    )
+                    route.protocol.finish_session(route.stream_id)
+                    touched.add(route.protocol)
+        for protocol in touched:
+            protocol.transmit()
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        at = self.hub.get_timer()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            assert self._loop is not None
+            self._timer = self._loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.hub.handle_timer(self.now())
+        self._pump()
+
+
+async def run(config: ServerConfig, *, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then close cleanly."""
+    server = GatewayServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    host, port = server.address
+    print(
+        f"skein: serving HTTP/3 on {host}:{port} (WebTransport at {config.chat_path}); "
+        "Ctrl-C stops",
+        flush=True,
+    )
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await server.close()
+        print("skein: stopped", flush=True)

@@ -1,0 +1,94 @@
+"""The server's configuration: one dataclass, loadable from TOML and overridable from the command line.
+
+A TOML file has a ``[server]`` table for :class:`ServerConfig` fields and a ``[core]`` table for
+:class:`~gateway.core.config.CoreConfig` fields, with ``[core.sharding]`` inside it. Unknown keys
+are an error that names the key, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.core.config import CoreConfig
+from gateway.core.sharder import ShardingConfig
+
+__all__ = ["DEFAULT_CERT_DIR", "ServerConfig", "load_config"]
+
+DEFAULT_CERT_DIR = Path("certs")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """How ``skein serve`` listens.
+
+    - ``host`` / ``port``: the UDP address for QUIC (HTTP/3 and WebTransport).
+    - ``certificate_file`` / ``private_key_file``: PEM files; by default the development pair in
+      ``certs/`` (``make certs``). Point them at a real chain and key in production.
+    - ``chat_path``: the WebTransport endpoint clients open sessions on.
+    - ``idle_timeout_s``: QUIC idle timeout; clients ping well within it.
+    - ``max_datagram_frame_bytes``: QUIC DATAGRAM support (WebTransport needs it).
+    - ``stream_window_bytes``: flow-control window per stream and for the connection.
+    - ``log_level``: ``debug``, ``info``, ``warning`` or ``error``.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 4433
+    certificate_file: Path = DEFAULT_CERT_DIR / "server.pem"
+    private_key_file: Path = DEFAULT_CERT_DIR / "server.key"
+    chat_path: str = "/v1/chat"
+    idle_timeout_s: float = 30.0
+    max_datagram_frame_bytes: int = 65536
+    stream_window_bytes: int = 4 * 1024 * 1024
+    log_level: str = "info"
+    core: CoreConfig = field(default_factory=CoreConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {self.port}")
+        if self.idle_timeout_s <= 0:
+            raise ValueError("idle_timeout_s must be positive")
+        if not self.chat_path.startswith("/"):
+            raise ValueError("chat_path must start with /")
+        if self.log_level not in {"debug", "info", "warning", "error"}:
+            raise ValueError("log_level must be debug, info, warning or error")
+
+
+def _build(cls: type[Any], table: dict[str, Any], where: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - set(names))
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) in [{where}]: {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
+    kwargs = dict(table)
+    for key in ("certificate_file", "private_key_file"):
+        if key in kwargs:
+            kwargs[key] = Path(kwargs[key])
+    return cls(**kwargs)
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> ServerConfig:
+    """Read ``path`` (TOML) if given, then apply non-None ``overrides`` to the [server] fields.
+
+    Raises ValueError naming the offending key or value, and OSError if the file can't be read.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    unknown = sorted(set(data) - {"server", "core"})
+    if unknown:
+        raise ValueError(f"unknown table(s) in {path}: {', '.join(unknown)}; known: server, core")
+    core_table = dict(data.get("core", {}))
+    sharding = _build(ShardingConfig, core_table.pop("sharding", {}), "core.sharding")
+    core = _build(CoreConfig, {**core_table, "sharding": sharding}, "core")
+    server_table = {
+        **data.get("server", {}),
+        **{k: v for k, v in overrides.items() if v is not None},
+    }
+    config: ServerConfig = _build(ServerConfig, {**server_table, "core": core}, "server")
+    return config

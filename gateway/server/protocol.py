@@ -1,0 +1,195 @@
+"""The QUIC/HTTP/3 adapter for one connection: translates H3 and WebTransport events for the hub.
+
+Each WebTransport session on ``chat_path`` is one hub session; the first bidirectional stream the
+client opens in it carries the session's frames both ways. Other HTTP/3 requests are answered by
+:mod:`gateway.server.http`. This class only moves bytes: every decision is the hub's.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import (
+    DatagramReceived,
+    H3Event,
+    HeadersReceived,
+    WebTransportStreamDataReceived,
+)
+from aioquic.quic.connection import NetworkAddress
+from aioquic.quic.events import ConnectionTerminated, ProtocolNegotiated, QuicEvent, StreamReset
+
+from gateway.server import http
+
+if TYPE_CHECKING:
+    from gateway.server.app import GatewayServer
+
+__all__ = ["GatewayProtocol"]
+
+log = logging.getLogger("skein.server")
+
+# WebTransport over HTTP/3 error code for a session the gateway ends (draft-ietf-webtrans-http3):
+# streams are reset with this, and the QUIC connection closes with H3_NO_ERROR (0x100).
+_H3_NO_ERROR = 0x100
+
+
+@dataclass(slots=True)
+class _WtSession:
+    connect_stream_id: int
+    frame_stream_id: int | None = None
+    conn_id: int | None = None
+    extra_streams: set[int] = field(default_factory=set)
+
+
+class GatewayProtocol(QuicConnectionProtocol):
+    """One QUIC connection to the gateway (a connection survives address changes; so do sessions)."""
+
+    def __init__(self, *args: Any, gateway: GatewayServer, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gateway = gateway
+        self._h3: H3Connection | None = None
+        self._sessions: dict[int, _WtSession] = {}  # by CONNECT stream id
+        self._by_stream: dict[int, _WtSession] = {}  # frame stream id -> session
+        self._peer: NetworkAddress | None = None
+        self.cid = ""
+
+    # ---- asyncio / aioquic hooks ----------------------------------------------------------------
+
+    def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
+        before = self._quic.get_peer_address()
+        super().datagram_received(data, addr)
+        after = self._quic.get_peer_address()
+        if before is not None and after is not None and after != before:
+            self.gateway.path_changed(self, before, after)
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, ProtocolNegotiated):
+            if event.alpn_protocol in H3_ALPN:
+                self._h3 = H3Connection(self._quic, enable_webtransport=True)
+                self.cid = self._quic.host_cid.hex()
+        elif isinstance(event, StreamReset):
+            session = self._by_stream.get(event.stream_id)
+            if session is not None and session.conn_id is not None:
+                self.gateway.session_ended(session.conn_id, abruptly=True)
+                self._forget(session)
+        elif isinstance(event, ConnectionTerminated):
+            for session in list(self._sessions.values()):
+                if session.conn_id is not None:
+                    self.gateway.session_ended(session.conn_id, abruptly=False)
+            self._sessions.clear()
+            self._by_stream.clear()
+            self.gateway.connection_closed(self)
+        if self._h3 is not None:
+            for h3_event in self._h3.handle_event(event):
+                self._h3_event_received(h3_event)
+
+    # ---- HTTP/3 ---------------------------------------------------------------------------------
+
+    def _h3_event_received(self, event: H3Event) -> None:
+        if isinstance(event, HeadersReceived):
+            self._on_headers(event)
+        elif isinstance(event, WebTransportStreamDataReceived):
+            self._on_wt_data(event)
+        elif isinstance(event, DatagramReceived):
+            pass  # clients send nothing on datagrams (yet); ignoring them is harmless
+
+    def _on_headers(self, event: HeadersReceived) -> None:
+        headers = {k: v for k, v in event.headers}
+        method = headers.get(b":method", b"")
+        path = headers.get(b":path", b"").decode("utf-8", "replace")
+        if method == b"CONNECT" and headers.get(b":protocol") == b"webtransport":
+            if path.split("?", 1)[0] == self.gateway.config.chat_path:
+                self._sessions[event.stream_id] = _WtSession(event.stream_id)
+                self._send_headers(
+                    event.stream_id,
+                    200,
+                    end_stream=False,
+                    extra=[(b"sec-webtransport-http3-draft", b"draft02")],
+                )
+            else:
+                self._send_headers(event.stream_id, 404, end_stream=True)
+            return
+        if event.stream_id in self._sessions and event.stream_ended:
+            self._end_session(self._sessions[event.stream_id])
+            return
+        accept = headers.get(b"accept", b"").decode("ascii", "replace")
+        response = http.handle_request(
+            self.gateway, method.decode("ascii", "replace"), path, accept
+        )
+        self._send_headers(
+            event.stream_id,
+            response.status,
+            end_stream=False,
+            extra=[(b"content-type", response.content_type.encode())],
+        )
+        assert self._h3 is not None
+        self._h3.send_data(event.stream_id, response.body, end_stream=True)
+        self.transmit()
+
+    def _send_headers(
+        self,
+        stream_id: int,
+        status: int,
+        *,
+        end_stream: bool,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        assert self._h3 is not None
+        headers = [(b":status", str(status).encode()), (b"server", b"skein")] + (extra or [])
+        self._h3.send_headers(stream_id, headers, end_stream=end_stream)
+        self.transmit()
+
+    def _on_wt_data(self, event: WebTransportStreamDataReceived) -> None:
+        session = self._sessions.get(event.session_id)
+        if session is None:
+            self._quic.reset_stream(event.stream_id, _H3_NO_ERROR)
+            return
+        if session.frame_stream_id is None:
+            session.frame_stream_id = event.stream_id
+            session.conn_id = self.gateway.session_opened(self, event.stream_id)
+            self._by_stream[event.stream_id] = session
+        elif event.stream_id != session.frame_stream_id:
+            if event.stream_id not in session.extra_streams:
+                session.extra_streams.add(event.stream_id)
+                self._quic.reset_stream(event.stream_id, _H3_NO_ERROR)
+            return
+        assert session.conn_id is not None
+        if event.data:
+            self.gateway.session_data(session.conn_id, event.data)
+        if event.stream_ended:
+            self.gateway.session_ended(session.conn_id, abruptly=False)
+            self._forget(session)
+
+    # ---- called by the server -------------------------------------------------------------------
+
+    def send_frames(self, stream_id: int, data: bytes) -> None:
+        """Queue ``data`` on a session's frame stream (the server transmits after a batch)."""
+        self._quic.send_stream_data(stream_id, data)
+
+    def finish_session(self, stream_id: int) -> None:
+        """End a session the gateway closed: FIN its frame stream and its CONNECT stream."""
+        session = self._by_stream.get(stream_id)
+        if session is None:
+            return
+        self._quic.send_stream_data(stream_id, b"", end_stream=True)
+        self._end_session(session)
+
+    def _end_session(self, session: _WtSession) -> None:
+        if session.conn_id is not None:
+            self.gateway.session_ended(session.conn_id, abruptly=False)
+        if self._h3 is not None:
+            try:
+                self._h3.send_data(session.connect_stream_id, b"", end_stream=True)
+            except Exception:  # the stream may already be finished; nothing else to do
+                log.debug("CONNECT stream %d already closed", session.connect_stream_id)
+        self._forget(session)
+        self.transmit()
+
+    def _forget(self, session: _WtSession) -> None:
+        self._sessions.pop(session.connect_stream_id, None)
+        if session.frame_stream_id is not None:
+            self._by_stream.pop(session.frame_stream_id, None)
+        session.conn_id = None

@@ -1,0 +1,49 @@
+"""Shared fixtures: dev certificates made once per run, and a real gateway on 127.0.0.1:0."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.core.config import CoreConfig
+from gateway.server.app import GatewayServer
+from gateway.server.certs import CertPaths, ensure_dev_certs
+from gateway.server.config import ServerConfig
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> CertPaths:
+    return ensure_dev_certs(tmp_path_factory.mktemp("certs"))
+
+
+def server_config(certs: CertPaths, core: CoreConfig | None = None, **kw: object) -> ServerConfig:
+    return ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        certificate_file=certs.cert,
+        private_key_file=certs.key,
+        core=core or CoreConfig(),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+async def gateway(certs: CertPaths) -> AsyncIterator[GatewayServer]:
+    server = GatewayServer(server_config(certs))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+def chat_url(server: GatewayServer) -> str:
+    host, port = server.address
+    return f"https://{host}:{port}/v1/chat"
+
+
+@pytest.fixture
+def ca_file(certs: CertPaths) -> Path:
+    return certs.ca_cert
