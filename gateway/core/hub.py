@@ -20,6 +20,7 @@ from typing import Any
 from gateway.core.config import CoreConfig
 from gateway.core.room import Room
 from gateway.core.session import Session, State
+from gateway.core.shard import Entry
 from gateway.core.sharder import make_policy
 from gateway.errors import ErrorCode, GatewayError, Rejected, RemoteProtocolError
 from gateway.wire import frames as f
@@ -35,7 +36,7 @@ from gateway.wire.framing import delimit
 __all__ = ["CAPABILITIES", "Close", "Hub", "Output", "RoomInfo", "Send"]
 
 CAPABILITIES = ("lz4",)
-_REPLAY_BATCH_BYTES = 256 * 1024
+_MAX_BATCH_BYTES = 1 << 20  # one Deliver/Fetched frame stays below this (clients allow 16 MiB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,10 @@ class Hub:
                 self._fail(session, exc)
             if self._sessions.get(conn_id) is not session:  # closed by the error
                 return
+        try:
+            session.decoder.check()
+        except GatewayError as exc:
+            self._fail(session, exc)
 
     def stream_ended(self, conn_id: int, now: float) -> None:
         """The client finished its stream. Ending mid-frame is a protocol error."""
@@ -223,17 +228,22 @@ class Hub:
         )
         self._send_frame(session, welcome)
 
-    def _room_for_join(self, name: str, now: float) -> Room:
+    def _room_for_join(self, name: str, request_id: int, now: float) -> Room:
         room = self._rooms.get(name)
         if room is None:
             if len(self._rooms) >= self.config.max_rooms:
-                raise Rejected("the gateway has too many rooms", code=ErrorCode.TOO_MANY_ROOMS)
+                raise Rejected(
+                    "the gateway has too many rooms",
+                    code=ErrorCode.TOO_MANY_ROOMS,
+                    request_id=request_id,
+                )
             room = Room(
                 name,
                 policy=make_policy(self.config.sharding),
                 now=now,
                 log_messages=self.config.log_messages_per_shard,
                 epochs_kept=self.config.epochs_kept,
+                initial_shards=self.config.sharding.min_shards,
             )
             self._rooms[name] = room
         return room
@@ -248,7 +258,7 @@ class Hub:
                 code=ErrorCode.TOO_MANY_ROOMS,
                 request_id=frame.request_id,
             )
-        room = self._room_for_join(frame.room, now)
+        room = self._room_for_join(frame.room, frame.request_id, now)
         replay: list[bytes] = []
         missed = 0
         if frame.cursor is not None:
@@ -257,10 +267,9 @@ class Hub:
         session.rooms.add(frame.room)
         joined = f.Joined(frame.request_id, room.name, room.shard_maps, missed, room.frontier())
         self._send_frame(session, joined)
-        for batch in _batches(replay, _REPLAY_BATCH_BYTES):
-            self._outputs.append(
-                Send((session.conn_id,), delimit(deliver_frame(encode_deliver(room.name, batch))))
-            )
+        for batch in _batches(replay, _MAX_BATCH_BYTES):
+            data = delimit(deliver_frame(encode_deliver(room.name, batch)))
+            self._outputs.append(Send((session.conn_id,), data))
 
     def _on_leave(self, session: Session, frame: f.Leave, now: float) -> None:
         session.rooms.discard(frame.room)
@@ -310,8 +319,9 @@ class Hub:
                 code=ErrorCode.OUT_OF_RANGE,
                 request_id=frame.request_id,
             )
-        to_seq = min(frame.to_seq, frame.from_seq + self.config.max_fetch_messages - 1)
-        entries = shard.entries(frame.from_seq, to_seq)
+        start = max(frame.from_seq, shard.first_seq)
+        to_seq = min(frame.to_seq, start + self.config.max_fetch_messages - 1)
+        entries = _capped(shard.entries(start, to_seq), _MAX_BATCH_BYTES)
         first = shard.first_seq if frame.from_seq < shard.first_seq else 0
         fetched = f.Fetched(
             frame.request_id, room.name, shard.id, tuple(e.message for e in entries), first
@@ -328,7 +338,9 @@ class Hub:
 
     def _fail(self, session: Session, exc: GatewayError) -> None:
         """The one place a GatewayError becomes an Error frame (and, if fatal, a Close)."""
-        session.errors += 1
+        # Refusals of well-formed requests are the client's business; broken protocol counts.
+        if isinstance(exc, RemoteProtocolError):
+            session.errors += 1
         fatal = exc.fatal or session.errors >= self.config.max_errors_per_session
         self._send_frame(session, f.Error(exc.code, exc.message, exc.request_id, fatal))
         if fatal:
@@ -341,18 +353,24 @@ class Hub:
             room.policy.observe(shard_id, count, now)
         if not pending or not room.subscribers:
             return
-        deliver = encode_deliver(room.name, pending)
-        plain = delimit(deliver_frame(deliver))
-        if len(deliver) < self.config.lz4_min_bytes:
-            self._outputs.append(Send(tuple(room.subscribers), plain))
-            return
-        sessions = self._sessions
-        lz4_ids = tuple(c for c in room.subscribers if sessions[c].lz4)
-        plain_ids = tuple(c for c in room.subscribers if not sessions[c].lz4)
-        if plain_ids:
-            self._outputs.append(Send(plain_ids, plain))
-        if lz4_ids:
-            self._outputs.append(Send(lz4_ids, delimit(deliver_lz4_frame(deliver))))
+        everyone = tuple(room.subscribers)
+        groups: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # (plain, lz4), made once
+        for batch in _batches(pending, _MAX_BATCH_BYTES):
+            deliver = encode_deliver(room.name, batch)
+            if len(deliver) < self.config.lz4_min_bytes:
+                self._outputs.append(Send(everyone, delimit(deliver_frame(deliver))))
+                continue
+            if groups is None:
+                sessions = self._sessions
+                groups = (
+                    tuple(c for c in everyone if not sessions[c].lz4),
+                    tuple(c for c in everyone if sessions[c].lz4),
+                )
+            plain_ids, lz4_ids = groups
+            if plain_ids:
+                self._outputs.append(Send(plain_ids, delimit(deliver_frame(deliver))))
+            if lz4_ids:
+                self._outputs.append(Send(lz4_ids, delimit(deliver_lz4_frame(deliver))))
 
     def _maybe_reshard(self, room: Room, now: float) -> None:
         count = room.policy.decide([s.id for s in room.current_shards], now)
@@ -368,6 +386,16 @@ class Hub:
             self._checks.pop(room.name, None)
         else:
             self._checks[room.name] = check
+
+
+def _capped(entries: list[Entry], max_bytes: int) -> list[Entry]:
+    """The longest prefix of ``entries`` whose encodings fit in ``max_bytes`` (at least one)."""
+    size = 0
+    for i, entry in enumerate(entries):
+        size += len(entry.encoded)
+        if size > max_bytes and i:
+            return entries[:i]
+    return entries
 
 
 def _batches(encoded: list[bytes], max_bytes: int) -> Iterable[list[bytes]]:

@@ -16,7 +16,7 @@ from enum import Enum
 
 from gateway.core.shard import Entry, Shard
 from gateway.core.sharder import ShardPolicy
-from gateway.errors import ErrorCode, RemoteProtocolError
+from gateway.errors import ErrorCode, Rejected, RemoteProtocolError
 from gateway.wire.frames import Cursor, Publish, ShardMap
 
 __all__ = ["Published", "Room", "RoomMode"]
@@ -52,6 +52,7 @@ class Room:
         log_messages: int = 10_000,
         epochs_kept: int = 16,
         dedupe_window: int = 4096,
+        initial_shards: int = 1,
     ) -> None:
         self.name = name
         self.mode = mode
@@ -66,7 +67,7 @@ class Room:
         self._pending_counts: dict[int, int] = {}
         self._recent: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
         self._dedupe_window = dedupe_window
-        self._start_epoch(1, {}, 0, now)
+        self._start_epoch(initial_shards, {}, 0, now)
 
     # ---- epochs ---------------------------------------------------------------------------------
 
@@ -135,7 +136,7 @@ class Room:
         for shard_id, seq in deps.items():
             shard = self._shards.get(shard_id)
             if shard is None:
-                if shard_id < self._next_shard_id:
+                if 1 <= shard_id < self._next_shard_id:
                     continue  # an epoch that is no longer retained: long dominated
                 raise RemoteProtocolError(
                     f"vector clock names shard {shard_id}, which room {self.name!r} never had",
@@ -185,10 +186,10 @@ class Room:
         return result
 
     def shard(self, shard_id: int) -> Shard:
-        """A retained shard, or RemoteProtocolError(OUT_OF_RANGE)."""
+        """A retained shard, or Rejected(OUT_OF_RANGE)."""
         shard = self._shards.get(shard_id)
         if shard is None:
-            raise RemoteProtocolError(
+            raise Rejected(
                 f"room {self.name!r} has no shard {shard_id} (unknown or no longer retained)",
                 code=ErrorCode.OUT_OF_RANGE,
             )

@@ -89,6 +89,8 @@ class ClientStats:
     skipped: int = 0
     missed: int = 0
     shard_maps: int = 0
+    errors: int = 0  # Error frames from the gateway, answered requests or not
+    last_error: ServerError | None = None
 
 
 @dataclass(slots=True)
@@ -162,8 +164,11 @@ class Client:
         self.port = parts.port or 443
         self.path = parts.path or "/v1/chat"
         self.config = config
+        # A stable name for the whole client, so retries after a reconnect dedupe by
+        # (name, client_msg_id) on the gateway (with JWT auth the token's subject names it).
+        name = config.name or f"anon-{random.getrandbits(48):012x}"
         self.session = ClientSession(
-            name=config.name, token=config.token, capabilities=config.capabilities
+            name=name, token=config.token, capabilities=config.capabilities
         )
         self.stats = ClientStats()
         self._loop = asyncio.get_running_loop()
@@ -176,6 +181,7 @@ class Client:
         self._closing = False
         self._reconnecting: asyncio.Task[None] | None = None
         self._overflowed = False
+        self._terminal: GatewayError | None = None  # set when the session can never resume
 
     # ---- public API -----------------------------------------------------------------------------
 
@@ -189,6 +195,12 @@ class Client:
         self, room: str, body: bytes, *, priority: f.Priority = f.Priority.NORMAL
     ) -> f.Ack:
         """Publish and wait for the gateway's ack (its shard and seq). Survives reconnects."""
+        welcome = self.session.welcome
+        if welcome is not None and len(body) > welcome.max_body_bytes:
+            raise LocalProtocolError(
+                f"body of {len(body)} bytes exceeds the gateway's max_body_bytes "
+                f"({welcome.max_body_bytes})"
+            )
         request_id, msg_id, data = self.session.publish(room, body, priority=priority)
         pending = _Pending(self._future(), room, (body, priority, msg_id))
         ack: f.Ack = await self._request(request_id, data, pending)
@@ -259,6 +271,16 @@ class Client:
     async def _open(self) -> None:
         """Open a link, WebTransport session and Hello; re-join rooms and re-send publishes."""
         link = await self._dial()
+        try:
+            await self._start_session(link)
+        except BaseException:
+            if self._link is link:
+                self._link = None
+            await self._dispose(link)
+            raise
+        self._resume()
+
+    async def _start_session(self, link: _Link) -> None:
         link.connect_stream = link.protocol._quic.get_next_available_stream_id()
         link.protocol.h3.send_headers(
             link.connect_stream,
@@ -273,7 +295,6 @@ class Client:
         link.protocol.transmit()
         status = await asyncio.wait_for(link.status, self.config.request_timeout_s)
         if status != 200:
-            link.protocol.close()
             raise ServerError(
                 f"the gateway refused the WebTransport session at {self.path}: HTTP {status}",
                 code=ErrorCode.UNSPECIFIED,
@@ -284,7 +305,6 @@ class Client:
         self._link = link
         self._send(self.session.hello())
         await asyncio.wait_for(self._welcome, self.config.request_timeout_s)
-        self._resume()
 
     async def _dial(self) -> _Link:
         cfg = self.config
@@ -369,16 +389,25 @@ class Client:
         if link is not self._link:
             return
         self._link = None
-        link.transport.close()
+        self._tasks.append(self._loop.create_task(self._dispose(link)))
         log.info("connection lost: %s", reason)
         if self._closing:
             return
-        if not self.config.reconnect:
-            self._fail_pending(ConnectionLost(f"connection lost: {reason}"))
+        if not self.config.reconnect or self._terminal is not None:
+            self._terminal = self._terminal or ConnectionLost(f"connection lost: {reason}")
+            self._fail_pending(self._terminal)
             self._messages.put_nowait(None)
             return
         if self._reconnecting is None or self._reconnecting.done():
             self._reconnecting = self._loop.create_task(self._reconnect())
+
+    @staticmethod
+    async def _dispose(link: _Link) -> None:
+        """Close a link's QUIC connection (if it still lives), then its socket."""
+        link.protocol.close(error_code=0x100, reason_phrase="session over")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(link.protocol.wait_closed(), 1.0)
+        link.transport.close()
 
     async def _reconnect(self) -> None:
         deadline = self._loop.time() + self.config.reconnect_give_up_s
@@ -391,11 +420,11 @@ class Client:
                 return
             except (TimeoutError, OSError, GatewayError, ConnectionError) as exc:
                 log.info("reconnect failed: %r", exc)
-                if self._link is not None:
-                    self._link.transport.close()
-                    self._link = None
             if self._loop.time() > deadline:
-                self._fail_pending(ConnectionLost("gave up reconnecting"))
+                self._terminal = ConnectionLost(
+                    f"gave up reconnecting after {self.config.reconnect_give_up_s:.0f} s"
+                )
+                self._fail_pending(self._terminal)
                 self._messages.put_nowait(None)
                 return
             delay = min(delay * 2, 2.0)
@@ -418,6 +447,10 @@ class Client:
         link.protocol.transmit()
 
     async def _request(self, request_id: int, data: bytes, pending: _Pending) -> Any:
+        if self._terminal is not None:
+            raise self._terminal  # the session ended for good; no reconnect follows
+        if self._closing:
+            raise ConnectionLost("the client is closed")
         self._pending[request_id] = pending
         self._send(data)
         return await asyncio.wait_for(asyncio.shield(pending.future), self.config.request_timeout_s)
@@ -455,7 +488,7 @@ class Client:
         elif isinstance(event, SkippedEvent):
             self.stats.skipped += event.count
         elif isinstance(event, MissedEvent):
-            self.stats.missed += event.gap.to_seq - event.gap.from_seq + 1
+            self.stats.missed += event.count
         elif isinstance(event, ShardMapEvent):
             self.stats.shard_maps += 1
 
@@ -465,8 +498,16 @@ class Client:
             if self._welcome is not None and not self._welcome.done():
                 self._welcome.set_result(frame)
             return
+        if isinstance(frame, f.Error):
+            self.stats.errors += 1
+            self.stats.last_error = ServerError(
+                frame.message, code=frame.code, request_id=frame.request_id, fatal=frame.fatal
+            )
         if isinstance(frame, f.Error) and frame.fatal:
             log.warning("gateway closed the session: %s (%s)", frame.message, frame.code.name)
+            if frame.code < ErrorCode.INTERNAL:
+                # We broke the protocol or are not allowed in: reconnecting would only repeat it.
+                self._terminal = ServerError(frame.message, code=frame.code, fatal=True)
         pending = self._pending.pop(event.request_id, None)
         if pending is None or pending.future.done():
             return

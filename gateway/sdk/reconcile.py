@@ -25,6 +25,7 @@ monotone: an earlier ``now`` than one already seen counts as the latest seen.
 from __future__ import annotations
 
 import bisect
+import math
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -152,6 +153,7 @@ class Reconciler:
 
     __slots__ = (
         "_asked",
+        "_behind",
         "_blocked",
         "_buffer",
         "_candidates",
@@ -211,6 +213,7 @@ class Reconciler:
         # Highest seq known to exist per shard, and when each part of it was first known:
         # _first_seen[S] is a list of (upto, t): seqs (previous upto, upto] were first known at t.
         self._known_last: dict[int, int] = {}
+        self._behind: set[int] = set()  # shards with known_last > delivered: wanted() scans these
         self._first_seen: dict[int, list[tuple[int, float]]] = {}
         # Ranges already asked for, per shard: (from, to, when).
         self._asked: dict[int, list[tuple[int, int, float]]] = {}
@@ -330,6 +333,25 @@ class Reconciler:
         self._pump()
         return gap
 
+    def skip_to(self, frontier: Mapping[int, int]) -> None:
+        """Start from ``frontier`` (shard -> seq): everything up to it counts as delivered.
+
+        For a fresh join, whose live delivery begins after the room's frontier at that moment:
+        earlier messages were never promised to this client, so they are neither delivered nor
+        counted as missed. Buffered messages at or below the frontier are dropped.
+        """
+        for shard, upto in sorted(frontier.items()):
+            if upto <= self._delivered.get(shard, 0):
+                continue
+            for seq in [q for q in self._seqs.get(shard, ()) if q <= upto]:
+                key = (shard, seq)
+                self._drop_seq(shard, seq)
+                del self._buffer[key]
+                self._candidates.pop(key, None)
+                self._unblock(key)
+            self._advance(shard, upto)
+        self._pump()
+
     # ---- output ----------------------------------------------------------------------------------
 
     def drain(self) -> list[Delivered]:
@@ -362,11 +384,15 @@ class Reconciler:
         again until ``refetch_after_s`` has passed. At most ``max_buffered`` seqs per call (more
         could not be held): then the seqs nearest their shard's frontier go first, on every shard,
         since only those can unblock delivery (eviction drops the furthest, the mirror image).
+
+        Liveness: with the maps known and ``max_buffered`` at least the number of shards of an
+        epoch, serving every range asked (once ``refetch_after_s`` has passed since the previous
+        round) delivers at least one message per round until everything known is delivered.
         """
         now = self._tick(now)
         runs = [
             (shard, lo, hi)
-            for shard in sorted(self._known_last)
+            for shard in sorted(self._behind)
             for lo, hi in self._fetchable(shard, now)
         ]
         out = [FetchRange(*run) for run in self._nearest_first(runs)]
@@ -395,8 +421,10 @@ class Reconciler:
             mid = (low + high) // 2
             low, high = (mid, high) if count(mid) <= budget else (low, mid)
         if count(low) == 0:
-            # More shards are stalled than the budget allows: the nearest runs, one seq each.
-            nearest = sorted(runs, key=lambda r: (r[1] - self._delivered.get(r[0], 0), r[0]))
+            # More shards are stalled than the budget allows: one seq each, oldest epoch first.
+            # The earliest undelivered message causally is in the oldest epoch that has any, so
+            # fetching that epoch's frontiers always unblocks something.
+            nearest = sorted(runs, key=self._fallback_rank)
             return sorted((s, lo, lo) for s, lo, _ in nearest[:budget])
         return [
             (s, lo, min(hi, lo - a + low))
@@ -491,6 +519,8 @@ class Reconciler:
             if not waiting:
                 del self._waiting[shard]
         self._nominate((shard, upto + 1))
+        if upto >= self._known_last.get(shard, 0):
+            self._behind.discard(shard)
         self._forget_below(shard, upto)
 
     def _block(self, key: _Key, shard: int, seq: int) -> None:
@@ -537,6 +567,7 @@ class Reconciler:
         if seq <= max(self._known_last.get(shard, 0), self._delivered.get(shard, 0)):
             return
         self._known_last[shard] = seq
+        self._behind.add(shard)
         steps = self._first_seen.setdefault(shard, [])
         if steps and steps[-1][1] == self._now:
             steps[-1] = (seq, self._now)
@@ -581,6 +612,11 @@ class Reconciler:
         return [
             run for lo, hi_ in self._holes(shard, done + 1, hi) for run in _subtract(lo, hi_, taken)
         ]
+
+    def _fallback_rank(self, run: tuple[int, int, int]) -> tuple[float, int, int]:
+        shard, lo, _ = run
+        epoch = self._shard_epoch.get(shard)
+        return (math.inf if epoch is None else epoch), lo - self._delivered.get(shard, 0), shard
 
     def _holes(self, shard: int, lo: int, hi: int) -> Iterator[tuple[int, int]]:
         """Yield the runs of ``lo..hi`` with no buffered message of ``shard``."""

@@ -12,8 +12,8 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gateway.errors import LocalProtocolError
-from gateway.sdk.reconcile import Delivered, FetchRange, Gap, Reconciler
+from gateway.errors import ErrorCode, LocalProtocolError
+from gateway.sdk.reconcile import Delivered, Gap, Reconciler
 from gateway.wire import frames as f
 from gateway.wire.codec import decode_server_frame, encode_client_frame
 from gateway.wire.framing import FrameDecoder, delimit
@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 MAX_SERVER_FRAME_BYTES = 16 << 20
+MAX_FETCH_MESSAGES = 1000  # the gateway's default cap per Fetch; larger ranges are asked in pieces
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +65,15 @@ class SkippedEvent:
 
 @dataclass(frozen=True, slots=True)
 class MissedEvent:
-    """Messages the gateway no longer has: the client will never see them."""
+    """Messages the gateway no longer has: the client will never see them.
+
+    ``gap`` names the shard range when it is known (a fetch found the log shorter); a resume that
+    began before what the gateway retains reports only the ``count``.
+    """
 
     room: str
-    gap: Gap
+    count: int
+    gap: Gap | None = None
 
 
 SessionEvent = Answer | MessageEvent | ShardMapEvent | SkippedEvent | MissedEvent
@@ -95,6 +101,8 @@ class ClientSession:
         self._epochs: dict[str, int] = {}
         self._msg_prefix = os.urandom(6).hex()
         self._msg_counter = itertools.count(1)
+        self._resumes: set[int] = set()  # join request ids that carried a cursor
+        self._fetches: dict[int, f.Fetch] = {}  # outstanding fetches, to read their errors
         self.welcome: f.Welcome | None = None
 
     # ---- requests: each returns bytes to write on the session stream ----------------------------
@@ -109,6 +117,8 @@ class ClientSession:
         cursor = reconciler.cursor() if reconciler is not None and resume else None
         if reconciler is None:
             self._rooms[room] = Reconciler(gap_timeout_s=self._gap_timeout_s)
+        if cursor is not None:
+            self._resumes.add(request_id)
         return request_id, self._frame(f.Join(request_id, room, cursor))
 
     def leave(self, room: str) -> tuple[int, bytes]:
@@ -151,7 +161,9 @@ class ClientSession:
         out = []
         for room, reconciler in self._rooms.items():
             for wanted in reconciler.wanted(now):
-                out.append(self._fetch(room, wanted))
+                for start in range(wanted.from_seq, wanted.to_seq + 1, MAX_FETCH_MESSAGES):
+                    end = min(wanted.to_seq, start + MAX_FETCH_MESSAGES - 1)
+                    out.append(self._fetch(room, wanted.shard, start, end))
         return b"".join(out)
 
     def cursors(self) -> dict[str, f.Cursor]:
@@ -188,7 +200,7 @@ class ClientSession:
                 self._apply_map(frame)
                 events.append(ShardMapEvent(frame.room, frame))
             case f.Joined():
-                self._joined(frame)
+                self._joined(frame, events)
                 events.append(Answer(frame.request_id, frame))
             case f.Fetched():
                 self._fetched(frame, now, events)
@@ -196,7 +208,10 @@ class ClientSession:
             case f.Welcome():
                 self.welcome = frame
                 events.append(Answer(0, frame))
-            case f.Ack() | f.Left() | f.Error():
+            case f.Error():
+                self._fetch_refused(frame, events)
+                events.append(Answer(frame.request_id, frame))
+            case f.Ack() | f.Left():
                 events.append(Answer(frame.request_id, frame))
             case f.Pong():
                 events.append(Answer(0, frame))
@@ -210,13 +225,22 @@ class ClientSession:
             self._current_shards[shard_map.room] = shard_map.shards
             self._epochs[shard_map.room] = shard_map.epoch
 
-    def _joined(self, frame: f.Joined) -> None:
+    def _joined(self, frame: f.Joined, events: list[SessionEvent]) -> None:
         reconciler = self._rooms.get(frame.room)
         if reconciler is None:
             return
         for shard_map in frame.shard_maps:
             self._apply_map(shard_map)
-        reconciler.skip_to(frame.frontier)
+        if frame.request_id in self._resumes:
+            # The gateway replays what follows the cursor; what precedes its oldest retained epoch
+            # is gone, and Joined.missed says how much.
+            self._resumes.discard(frame.request_id)
+            if frame.shard_maps:
+                reconciler.skip_to(frame.shard_maps[0].sealed)
+            if frame.missed:
+                events.append(MissedEvent(frame.room, frame.missed))
+        else:
+            reconciler.skip_to(frame.frontier)  # a fresh join starts live
 
     def _deliver(
         self, room: str, messages: Iterable[f.Message], now: float, events: list[SessionEvent]
@@ -229,18 +253,38 @@ class ClientSession:
             events.append(_message_event(room, delivered))
 
     def _fetched(self, frame: f.Fetched, now: float, events: list[SessionEvent]) -> None:
+        self._fetches.pop(frame.request_id, None)
         reconciler = self._rooms.get(frame.room)
         if reconciler is None:
             return
         if frame.first_available_seq:
-            gap = reconciler.lost(frame.shard, frame.first_available_seq)
-            if gap is not None:
-                events.append(MissedEvent(frame.room, gap))
+            self._lost(frame.room, frame.shard, frame.first_available_seq, events)
         self._deliver(frame.room, frame.messages, now, events)
 
-    def _fetch(self, room: str, wanted: FetchRange) -> bytes:
+    def _fetch_refused(self, error: f.Error, events: list[SessionEvent]) -> None:
+        """A fetch the gateway can't serve (the shard is no longer retained): the range is lost."""
+        fetch = self._fetches.pop(error.request_id, None)
+        if fetch is not None and error.code == ErrorCode.OUT_OF_RANGE:
+            self._lost(fetch.room, fetch.shard, fetch.to_seq + 1, events)
+
+    def _lost(
+        self, room: str, shard: int, first_available: int, events: list[SessionEvent]
+    ) -> None:
+        reconciler = self._rooms.get(room)
+        gap = reconciler.lost(shard, first_available) if reconciler is not None else None
+        if gap is not None:
+            events.append(MissedEvent(room, gap.to_seq - gap.from_seq + 1, gap))
+        if reconciler is not None:
+            for delivered in reconciler.drain():
+                events.append(_message_event(room, delivered))
+
+    def _fetch(self, room: str, shard: int, from_seq: int, to_seq: int) -> bytes:
         request_id = next(self._request_ids)
-        return self._frame(f.Fetch(request_id, room, wanted.shard, wanted.from_seq, wanted.to_seq))
+        fetch = f.Fetch(request_id, room, shard, from_seq, to_seq)
+        if len(self._fetches) >= 4096:  # bounded: forget the oldest (its answer still delivers)
+            del self._fetches[next(iter(self._fetches))]
+        self._fetches[request_id] = fetch
+        return self._frame(fetch)
 
     @staticmethod
     def _frame(frame: f.ClientFrame) -> bytes:

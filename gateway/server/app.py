@@ -149,14 +149,17 @@ class GatewayServer:
         self.hub.receive_data(conn_id, data, self.now())
         self._pump()
 
-    def session_ended(self, conn_id: int, *, abruptly: bool) -> None:
-        if self._routes.pop(conn_id, None) is None:
+    def session_ended(self, conn_id: int, *, mid_stream: bool) -> None:
+        """The client ended its frame stream (``mid_stream``: it may have stopped inside a frame,
+        which earns an Error while the route still exists) or the whole session."""
+        if conn_id not in self._routes:
             return
-        if abruptly:
+        if mid_stream:
             self.hub.stream_ended(conn_id, self.now())
         else:
             self.hub.disconnect(conn_id, self.now())
         self._pump()
+        self._routes.pop(conn_id, None)
 
     def connection_closed(self, protocol: GatewayProtocol) -> None:
         self._protocols.discard(protocol)

@@ -15,6 +15,7 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import (
     DatagramReceived,
+    DataReceived,
     H3Event,
     HeadersReceived,
     WebTransportStreamDataReceived,
@@ -73,12 +74,12 @@ class GatewayProtocol(QuicConnectionProtocol):
         elif isinstance(event, StreamReset):
             session = self._by_stream.get(event.stream_id)
             if session is not None and session.conn_id is not None:
-                self.gateway.session_ended(session.conn_id, abruptly=True)
+                self.gateway.session_ended(session.conn_id, mid_stream=True)
                 self._forget(session)
         elif isinstance(event, ConnectionTerminated):
             for session in list(self._sessions.values()):
                 if session.conn_id is not None:
-                    self.gateway.session_ended(session.conn_id, abruptly=False)
+                    self.gateway.session_ended(session.conn_id, mid_stream=False)
             self._sessions.clear()
             self._by_stream.clear()
             self.gateway.connection_closed(self)
@@ -93,6 +94,10 @@ class GatewayProtocol(QuicConnectionProtocol):
             self._on_headers(event)
         elif isinstance(event, WebTransportStreamDataReceived):
             self._on_wt_data(event)
+        elif isinstance(event, DataReceived):
+            session = self._sessions.get(event.stream_id)
+            if session is not None and event.stream_ended:  # the client closed the session
+                self._end_session(session)
         elif isinstance(event, DatagramReceived):
             pass  # clients send nothing on datagrams (yet); ignoring them is harmless
 
@@ -142,10 +147,20 @@ class GatewayProtocol(QuicConnectionProtocol):
         self._h3.send_headers(stream_id, headers, end_stream=end_stream)
         self.transmit()
 
+    def _refuse_stream(self, stream_id: int) -> None:
+        """Stop a stream the gateway has no use for (reset our side too if it is bidirectional)."""
+        self._quic.stop_stream(stream_id, _H3_NO_ERROR)
+        if not stream_id & 2:
+            self._quic.reset_stream(stream_id, _H3_NO_ERROR)
+
     def _on_wt_data(self, event: WebTransportStreamDataReceived) -> None:
         session = self._sessions.get(event.session_id)
-        if session is None:
-            self._quic.reset_stream(event.stream_id, _H3_NO_ERROR)
+        unidirectional = bool(event.stream_id & 2)
+        if session is None or (unidirectional and event.stream_id != session.frame_stream_id):
+            if session is None or event.stream_id not in session.extra_streams:
+                if session is not None:
+                    session.extra_streams.add(event.stream_id)
+                self._refuse_stream(event.stream_id)
             return
         if session.frame_stream_id is None:
             session.frame_stream_id = event.stream_id
@@ -154,13 +169,13 @@ class GatewayProtocol(QuicConnectionProtocol):
         elif event.stream_id != session.frame_stream_id:
             if event.stream_id not in session.extra_streams:
                 session.extra_streams.add(event.stream_id)
-                self._quic.reset_stream(event.stream_id, _H3_NO_ERROR)
+                self._refuse_stream(event.stream_id)
             return
         assert session.conn_id is not None
         if event.data:
             self.gateway.session_data(session.conn_id, event.data)
         if event.stream_ended:
-            self.gateway.session_ended(session.conn_id, abruptly=False)
+            self.gateway.session_ended(session.conn_id, mid_stream=True)
             self._forget(session)
 
     # ---- called by the server -------------------------------------------------------------------
@@ -179,7 +194,7 @@ class GatewayProtocol(QuicConnectionProtocol):
 
     def _end_session(self, session: _WtSession) -> None:
         if session.conn_id is not None:
-            self.gateway.session_ended(session.conn_id, abruptly=False)
+            self.gateway.session_ended(session.conn_id, mid_stream=False)
         if self._h3 is not None:
             try:
                 self._h3.send_data(session.connect_stream_id, b"", end_stream=True)

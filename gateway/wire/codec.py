@@ -15,7 +15,7 @@ from typing import Any
 import lz4.block
 from google.protobuf.message import DecodeError
 
-from gateway.errors import ErrorCode, RemoteProtocolError
+from gateway.errors import ErrorCode, GatewayError, RemoteProtocolError
 from gateway.wire import frames as f
 from gateway.wire._pb.skein.v1 import frames_pb2 as pb
 from gateway.wire.framing import encode_varint
@@ -119,13 +119,6 @@ def _parse(message: Any, payload: bytes) -> None:
         ) from None
 
 
-def _decode_text_errors(kind: str, decode: Callable[[], f.ClientFrame]) -> f.ClientFrame:
-    try:
-        return decode()
-    except UnicodeDecodeError:  # pragma: no cover - protobuf reports invalid UTF-8 as DecodeError
-        raise RemoteProtocolError(f"{kind}: invalid UTF-8") from None
-
-
 def decode_client_frame(payload: bytes) -> f.ClientFrame:
     """Decode one ClientFrame payload. Raises RemoteProtocolError with a stable code."""
     message = pb.ClientFrame()
@@ -137,7 +130,11 @@ def decode_client_frame(payload: bytes) -> f.ClientFrame:
             code=ErrorCode.UNKNOWN_FRAME,
         )
     inner = getattr(message, kind)
-    return _decode_text_errors(kind, lambda: _CLIENT_DECODERS[kind](inner))
+    try:
+        return _CLIENT_DECODERS[kind](inner)
+    except GatewayError as exc:
+        exc.request_id = getattr(inner, "request_id", 0)  # so the client can match the error
+        raise
 
 
 def encode_client_frame(frame: f.ClientFrame) -> bytes:

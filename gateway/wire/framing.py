@@ -40,13 +40,14 @@ class FrameDecoder:
     framed; after that the stream is unusable and the caller must close it.
     """
 
-    __slots__ = ("_buffer", "_max_frame_bytes")
+    __slots__ = ("_buffer", "_error", "_max_frame_bytes")
 
     def __init__(self, max_frame_bytes: int) -> None:
         if max_frame_bytes < 1:
             raise ValueError("max_frame_bytes must be positive")
         self._max_frame_bytes = max_frame_bytes
         self._buffer = bytearray()
+        self._error: RemoteProtocolError | None = None
 
     @property
     def buffered(self) -> int:
@@ -54,14 +55,26 @@ class FrameDecoder:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Add ``data`` and return every payload it completed, in order."""
+        """Add ``data`` and return every payload it completed, in order.
+
+        Frames complete before a framing error are returned first; the error is raised by
+        :meth:`check` (and by every later ``feed``).
+        """
+        self.check()
         buf = self._buffer
         buf += data
         frames: list[bytes] = []
         pos = 0
         end = len(buf)
         while pos < end:
-            length, header = self._read_length(buf, pos, end)
+            try:
+                length, header = self._read_length(buf, pos, end)
+            except RemoteProtocolError as exc:
+                self._error = exc
+                self._buffer = bytearray()
+                if not frames:
+                    raise
+                return frames
             if header == 0 or pos + header + length > end:
                 break
             start = pos + header
@@ -90,6 +103,11 @@ class FrameDecoder:
         raise RemoteProtocolError(
             "frame length is not a valid varint", code=ErrorCode.MALFORMED_FRAME, fatal=True
         )
+
+    def check(self) -> None:
+        """Raise the framing error met by an earlier :meth:`feed`, if any."""
+        if self._error is not None:
+            raise self._error
 
     def at_frame_boundary(self) -> bool:
         """True when no partial frame is buffered (a stream may end cleanly here)."""

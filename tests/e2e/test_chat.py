@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from aioquic.asyncio.client import connect as quic_connect
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.quic.configuration import QuicConfiguration
 
-from gateway.errors import ErrorCode, ServerError
+from gateway.errors import ErrorCode, LocalProtocolError, ServerError
 from gateway.sdk.client import Client, connect
 from gateway.sdk.http import get_json
 from gateway.sdk.session import MessageEvent
@@ -70,17 +71,42 @@ async def test_garbage_on_one_stream_gets_an_error_while_others_chat(
     ):
         for c in (alice, bob, mallory):
             await c.join("lobby")
-        link = mallory._link
-        assert link is not None
-        link.protocol._quic.send_stream_data(link.frame_stream, b"\x03\xff\xff\xff")
-        link.protocol.transmit()
-        with pytest.raises(ServerError) as info:  # the session goes on: this publish is refused
-            await mallory.publish("lobby", b"x" * 100_000)
-        assert info.value.code == ErrorCode.BODY_TOO_LARGE
-        got = asyncio.create_task(collect(bob, 5))
-        for i in range(5):
-            await alice.publish("lobby", f"m{i}".encode())
-        assert [e.message.body for e in await got] == [f"m{i}".encode() for i in range(5)]
+        got = asyncio.create_task(collect(bob, 10))
+
+        # A well-framed but undecodable frame: an Error, and the session goes on.
+        raw_send(mallory, b"\x03\xff\xff\xff")
+        ack = await mallory.publish("lobby", b"m-0")
+        assert mallory.stats.errors == 1 and mallory.stats.last_error is not None
+        assert mallory.stats.last_error.code == ErrorCode.MALFORMED_FRAME
+        assert not mallory.stats.last_error.fatal and ack.seq == 1
+
+        # Too large for the gateway's body limit: refused before it leaves the client.
+        with pytest.raises(LocalProtocolError, match="max_body_bytes"):
+            await mallory.publish("lobby", b"x" * 20_000)
+
+        # An unframeable stream: a fatal Error; mallory's session ends, nobody else's.
+        raw_send(mallory, b"\xff" * 8)
+        for i in range(9):
+            await alice.publish("lobby", f"a-{i}".encode())
+        events = await got
+        assert [e.message.body for e in events] == [b"m-0"] + [f"a-{i}".encode() for i in range(9)]
+        await asyncio.wait_for(_until(lambda: not mallory.connected), TIMEOUT_S)
+        assert mallory.stats.last_error is not None and mallory.stats.last_error.fatal
+        with pytest.raises(ServerError):  # and it does not reconnect into the same mistake
+            await mallory.publish("lobby", b"again")
+        assert gateway.hub.session_count == 2
+
+
+def raw_send(client: Client, data: bytes) -> None:
+    link = client._link
+    assert link is not None
+    link.protocol._quic.send_stream_data(link.frame_stream, data)
+    link.protocol.transmit()
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    while not predicate():  # noqa: ASYNC110 - polling client state that has no event to await
+        await asyncio.sleep(0.01)
 
 
 async def test_unknown_path_is_404_and_rooms_endpoint_answers(

@@ -217,7 +217,9 @@ Global___Join: _TypeAlias = Join  # noqa: Y015
 
 @_typing.final
 class Cursor(_message.Message):
-    """A resume point: the epoch the client last saw and, per shard, the last seq it delivered."""
+    """A resume point: per shard, the last seq the client delivered. The gateway replays by these seqs;
+    `epoch` (the last epoch the client saw) is informational.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -487,7 +489,9 @@ class Joined(_message.Message):
     """Set on resume when the log no longer holds part of what the client missed."""
     @_builtins.property
     def shard_maps(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardMap]:
-        """the current epoch's map, and earlier ones a replay spans"""
+        """Every epoch whose shards the room still retains (the last `epochs_kept`), oldest first;
+        the last one is the current epoch.
+        """
 
     @_builtins.property
     def frontier(self) -> Global___VectorClock:
