@@ -25,6 +25,7 @@ def server_config(certs: CertPaths, core: CoreConfig | None = None, **kw: object
         certificate_file=certs.cert,
         private_key_file=certs.key,
         core=core or CoreConfig(),
+        admin_port=0,
         **kw,  # type: ignore[arg-type]
     )
 

@@ -21,6 +21,7 @@ from gateway.core.config import CoreConfig
 from gateway.core.room import Room
 from gateway.core.session import Session, State
 from gateway.core.shard import Entry
+from gateway.core.stats import HubStats
 from gateway.core.sharder import make_policy
 from gateway.errors import ErrorCode, GatewayError, Rejected, RemoteProtocolError
 from gateway.wire import frames as f
@@ -78,6 +79,7 @@ class Hub:
     def __init__(self, config: CoreConfig | None = None) -> None:
         self.config = config or CoreConfig()
         self._tick_s = self.config.tick_ms / 1000.0
+        self.stats = HubStats()
         self._sessions: dict[int, Session] = {}
         self._rooms: dict[str, Room] = {}
         self._outputs: list[Output] = []
@@ -103,6 +105,7 @@ class Hub:
         self._sessions[conn_id] = Session(
             conn_id, session_id, max_frame_bytes=self.config.max_frame_bytes
         )
+        self.stats.sessions_opened += 1
 
     def receive_data(self, conn_id: int, data: bytes, now: float) -> None:
         """Bytes arrived on a session's stream. Errors become Error frames (and maybe a Close)."""
@@ -114,6 +117,7 @@ class Hub:
         except GatewayError as exc:
             self._fail(session, exc)
             return
+        self.stats.frames_in += len(payloads)
         for payload in payloads:
             try:
                 frame = decode_client_frame(payload)
@@ -140,6 +144,7 @@ class Hub:
         session = self._sessions.pop(conn_id, None)
         if session is None:
             return
+        self.stats.sessions_closed += 1
         session.state = State.CLOSED
         for name in session.rooms:
             room = self._rooms.get(name)
@@ -263,6 +268,7 @@ class Hub:
         missed = 0
         if frame.cursor is not None:
             replay, missed = room.replay(frame.cursor)
+            self.stats.replayed += len(replay)
         room.subscribers.add(session.conn_id)
         session.rooms.add(frame.room)
         joined = f.Joined(frame.request_id, room.name, room.shard_maps, missed, room.frontier())
@@ -301,7 +307,11 @@ class Hub:
             raise
         ack = f.Ack(frame.request_id, frame.client_msg_id, published.shard, published.seq)
         self._send_frame(session, ack)
-        if not published.duplicate:
+        self.stats.acks += 1
+        if published.duplicate:
+            self.stats.duplicates += 1
+        else:
+            self.stats.published[frame.priority.name.lower()] += 1
             self._dirty.add(room.name)
             if self._flush_at is None:
                 self._flush_at = now + self._tick_s
@@ -322,6 +332,7 @@ class Hub:
         start = max(frame.from_seq, shard.first_seq)
         to_seq = min(frame.to_seq, start + self.config.max_fetch_messages - 1)
         entries = _capped(shard.entries(start, to_seq), _MAX_BATCH_BYTES)
+        self.stats.fetches += 1
         first = shard.first_seq if frame.from_seq < shard.first_seq else 0
         fetched = f.Fetched(
             frame.request_id, room.name, shard.id, tuple(e.message for e in entries), first
@@ -341,6 +352,7 @@ class Hub:
         # Refusals of well-formed requests are the client's business; broken protocol counts.
         if isinstance(exc, RemoteProtocolError):
             session.errors += 1
+        self.stats.errors[exc.code.name] += 1
         fatal = exc.fatal or session.errors >= self.config.max_errors_per_session
         self._send_frame(session, f.Error(exc.code, exc.message, exc.request_id, fatal))
         if fatal:
@@ -355,10 +367,14 @@ class Hub:
             return
         everyone = tuple(room.subscribers)
         groups: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # (plain, lz4), made once
+        stats = self.stats
+        stats.deliveries += len(pending) * len(everyone)
         for batch in _batches(pending, _MAX_BATCH_BYTES):
             deliver = encode_deliver(room.name, batch)
+            stats.batches += 1
+            stats.batch_messages += len(batch)
             if len(deliver) < self.config.lz4_min_bytes:
-                self._outputs.append(Send(everyone, delimit(deliver_frame(deliver))))
+                self._send_all(everyone, delimit(deliver_frame(deliver)))
                 continue
             if groups is None:
                 sessions = self._sessions
@@ -368,15 +384,26 @@ class Hub:
                 )
             plain_ids, lz4_ids = groups
             if plain_ids:
-                self._outputs.append(Send(plain_ids, delimit(deliver_frame(deliver))))
+                self._send_all(plain_ids, delimit(deliver_frame(deliver)))
             if lz4_ids:
-                self._outputs.append(Send(lz4_ids, delimit(deliver_lz4_frame(deliver))))
+                packed = delimit(deliver_lz4_frame(deliver))
+                stats.lz4_in += len(deliver)
+                stats.lz4_out += len(packed)
+                self._send_all(lz4_ids, packed)
+
+    def _send_all(self, conn_ids: tuple[int, ...], data: bytes) -> None:
+        self.stats.bytes_out += len(data) * len(conn_ids)
+        self._outputs.append(Send(conn_ids, data))
 
     def _maybe_reshard(self, room: Room, now: float) -> None:
         count = room.policy.decide([s.id for s in room.current_shards], now)
         if count is not None and count != len(room.current_shards):
             self._fan_out(room, now)  # the old epoch's messages go out before the new map
             self._dirty.discard(room.name)
+            if count > len(room.current_shards):
+                self.stats.splits += 1
+            else:
+                self.stats.merges += 1
             shard_map = room.reshard(count, now)
             if room.subscribers:
                 data = delimit(encode_server_frame(shard_map))

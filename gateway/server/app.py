@@ -22,6 +22,7 @@ from aioquic.quic.connection import NetworkAddress
 from aioquic.tls import SessionTicket
 
 from gateway.core.hub import Close, Hub, Send
+from gateway.server.admin import AdminServer, Reply
 from gateway.server.config import ServerConfig
 from gateway.server.protocol import GatewayProtocol
 
@@ -74,6 +75,12 @@ class GatewayServer:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.admin: AdminServer | None = None
+        self.ready = False
+        if config.admin_port >= 0:
+            self.admin = AdminServer(config.admin_host, config.admin_port)
+            self.admin.routes["/healthz"] = lambda _: Reply(200, "text/plain", b"ok\n")
+            self.admin.routes["/readyz"] = self._readyz
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -107,6 +114,9 @@ class GatewayServer:
             session_ticket_fetcher=self._tickets.pop,
             session_ticket_handler=self._tickets.add,
         )
+        if self.admin is not None:
+            await self.admin.start()
+        self.ready = True
         transport = self._server._transport
         assert transport is not None
         sockname = transport.get_extra_info("sockname")
@@ -115,8 +125,16 @@ class GatewayServer:
             "serving", extra={"event": "serving", "address": f"{self.address[0]}:{self.address[1]}"}
         )
 
+    def _readyz(self, _query: str) -> Reply:
+        if self.ready:
+            return Reply(200, "text/plain", b"ready\n")
+        return Reply(503, "text/plain", b"not ready\n")
+
     async def close(self) -> None:
         """Close every connection and the socket."""
+        self.ready = False
+        if self.admin is not None:
+            await self.admin.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

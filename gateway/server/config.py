@@ -33,6 +33,8 @@ class ServerConfig:
     - ``max_datagram_frame_bytes``: QUIC DATAGRAM support (WebTransport needs it).
     - ``stream_window_bytes``: flow-control window per stream and for the connection.
     - ``log_level``: ``debug``, ``info``, ``warning`` or ``error``.
+    - ``admin_host`` / ``admin_port``: the TCP HTTP port for health checks, Prometheus metrics
+      and the browser chat page (0 picks a free port; -1 disables it).
     """
 
     host: str = "127.0.0.1"
@@ -44,11 +46,15 @@ class ServerConfig:
     max_datagram_frame_bytes: int = 65536
     stream_window_bytes: int = 4 * 1024 * 1024
     log_level: str = "info"
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9433
     core: CoreConfig = field(default_factory=CoreConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, got {self.port}")
+        if not -1 <= self.admin_port <= 65535:
+            raise ValueError(f"admin_port must be -1 (off) or 0..65535, got {self.admin_port}")
         if self.idle_timeout_s <= 0:
             raise ValueError("idle_timeout_s must be positive")
         if not self.chat_path.startswith("/"):
