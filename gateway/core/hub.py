@@ -269,6 +269,7 @@ class Hub:
         if frame.cursor is not None:
             replay, missed = room.replay(frame.cursor)
             self.stats.replayed += len(replay)
+            self.stats.resumes += 1
         room.subscribers.add(session.conn_id)
         session.rooms.add(frame.room)
         joined = f.Joined(frame.request_id, room.name, room.shard_maps, missed, room.frontier())

@@ -32,3 +32,4 @@ class HubStats:
     merges: int = 0
     fetches: int = 0
     replayed: int = 0  # messages replayed to resuming clients
+    resumes: int = 0  # joins that carried a cursor

@@ -239,6 +239,18 @@ class Client:
         await asyncio.wait_for(link.protocol.ping(), self.config.request_timeout_s)
         self.stats.migrations += 1
 
+    async def reconnect(self) -> None:
+        """Drop the connection and open a new one, resuming every room from its cursor.
+
+        What a handoff costs without migration (and what the SDK does by itself when a
+        connection dies). Returns once the new session is up; unacked publishes are re-sent.
+        """
+        link = self._require_link()
+        self._link = None
+        await self._dispose(link)
+        await self._open()
+        self.stats.reconnects += 1
+
     @property
     def local_address(self) -> tuple[str, int]:
         link = self._require_link()

@@ -66,6 +66,8 @@ class GatewayServer:
         self.config = config
         self.hub = hub or Hub(config.core)
         self.migrations: collections.Counter[str] = collections.Counter()
+        # Connection-level counters: "handshakes", "connections_closed", "sessions_refused".
+        self.counters: collections.Counter[str] = collections.Counter()
         self.address: tuple[str, int] = (config.host, config.port)
         self._routes: dict[int, _Route] = {}
         self._next_conn_id = 1
@@ -181,6 +183,16 @@ class GatewayServer:
 
     def connection_closed(self, protocol: GatewayProtocol) -> None:
         self._protocols.discard(protocol)
+        self.counters["connections_closed"] += 1
+
+    def handshake_completed(self, protocol: GatewayProtocol) -> None:
+        self._protocols.add(protocol)
+        self.counters["handshakes"] += 1
+
+    @property
+    def connection_count(self) -> int:
+        """QUIC connections with a completed handshake that are still open."""
+        return len(self._protocols)
 
     def path_changed(
         self, protocol: GatewayProtocol, before: NetworkAddress, after: NetworkAddress

@@ -21,7 +21,13 @@ from aioquic.h3.events import (
     WebTransportStreamDataReceived,
 )
 from aioquic.quic.connection import NetworkAddress
-from aioquic.quic.events import ConnectionTerminated, ProtocolNegotiated, QuicEvent, StreamReset
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    ProtocolNegotiated,
+    QuicEvent,
+    StreamReset,
+)
 
 from gateway.server import http
 
@@ -71,6 +77,8 @@ class GatewayProtocol(QuicConnectionProtocol):
             if event.alpn_protocol in H3_ALPN:
                 self._h3 = H3Connection(self._quic, enable_webtransport=True)
                 self.cid = self._quic.host_cid.hex()
+        elif isinstance(event, HandshakeCompleted):
+            self.gateway.handshake_completed(self)
         elif isinstance(event, StreamReset):
             session = self._by_stream.get(event.stream_id)
             if session is not None and session.conn_id is not None:
