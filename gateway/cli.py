@@ -26,6 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
             certificate_file=args.cert,
             private_key_file=args.key,
             log_level=args.log_level,
+            admin_port=args.admin_port,
         )
     except (OSError, ValueError) as exc:
         print(f"skein serve: bad configuration: {exc}", file=sys.stderr)
@@ -141,6 +142,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--cert", type=Path, help="PEM certificate chain (default certs/server.pem)")
     serve.add_argument("--key", type=Path, help="PEM private key (default certs/server.key)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--admin-port",
+        type=int,
+        help="TCP port for /healthz, /readyz, /metrics and the browser page (default 9433; "
+        "0 picks a free port, -1 disables it)",
+    )
     serve.set_defaults(run=_serve)
 
     def client_flags(p: argparse.ArgumentParser) -> None:

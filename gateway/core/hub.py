@@ -13,6 +13,7 @@ every subscriber.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +22,8 @@ from gateway.core.config import CoreConfig
 from gateway.core.room import Room
 from gateway.core.session import Session, State
 from gateway.core.shard import Entry
-from gateway.core.stats import HubStats
 from gateway.core.sharder import make_policy
+from gateway.core.stats import HubStats
 from gateway.errors import ErrorCode, GatewayError, Rejected, RemoteProtocolError
 from gateway.wire import frames as f
 from gateway.wire.codec import (
@@ -249,6 +250,7 @@ class Hub:
                 log_messages=self.config.log_messages_per_shard,
                 epochs_kept=self.config.epochs_kept,
                 initial_shards=self.config.sharding.min_shards,
+                incarnation=secrets.randbits(63) or 1,
             )
             self._rooms[name] = room
         return room
@@ -272,7 +274,9 @@ class Hub:
             self.stats.resumes += 1
         room.subscribers.add(session.conn_id)
         session.rooms.add(frame.room)
-        joined = f.Joined(frame.request_id, room.name, room.shard_maps, missed, room.frontier())
+        joined = f.Joined(
+            frame.request_id, room.name, room.shard_maps, missed, room.frontier(), room.incarnation
+        )
         self._send_frame(session, joined)
         for batch in _batches(replay, _MAX_BATCH_BYTES):
             data = delimit(deliver_frame(encode_deliver(room.name, batch)))

@@ -53,8 +53,10 @@ class Room:
         epochs_kept: int = 16,
         dedupe_window: int = 4096,
         initial_shards: int = 1,
+        incarnation: int = 1,
     ) -> None:
         self.name = name
+        self.incarnation = incarnation
         self.mode = mode
         self.policy = policy
         self.subscribers: set[int] = set()
@@ -196,11 +198,16 @@ class Room:
         return shard
 
     def replay(self, cursor: Cursor) -> tuple[list[bytes], int]:
-        """Encoded messages after ``cursor`` from every retained shard, and how many are gone."""
+        """Encoded messages after ``cursor`` from every retained shard, and how many are gone.
+
+        A cursor of another incarnation of the room means nothing here: everything retained is
+        replayed (the client starts the room afresh).
+        """
         out: list[bytes] = []
         missed = 0
+        stale = cursor.incarnation not in (0, self.incarnation)
         for shard in self._shards.values():
-            after = cursor.delivered.get(shard.id, 0)
+            after = 0 if stale else cursor.delivered.get(shard.id, 0)
             if after >= shard.last_seq:
                 continue
             missed += max(0, shard.first_seq - after - 1)

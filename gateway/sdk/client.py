@@ -43,6 +43,7 @@ from gateway.sdk.session import (
     ClientSession,
     MessageEvent,
     MissedEvent,
+    RoomResetEvent,
     SessionEvent,
     ShardMapEvent,
     SkippedEvent,
@@ -89,6 +90,7 @@ class ClientStats:
     skipped: int = 0
     missed: int = 0
     shard_maps: int = 0
+    room_resets: int = 0  # rooms the gateway lost and made anew (history unknown)
     errors: int = 0  # Error frames from the gateway, answered requests or not
     last_error: ServerError | None = None
 
@@ -503,6 +505,9 @@ class Client:
             self.stats.missed += event.count
         elif isinstance(event, ShardMapEvent):
             self.stats.shard_maps += 1
+        elif isinstance(event, RoomResetEvent):
+            self.stats.room_resets += 1
+            log.warning("room %s was reset by the gateway; its earlier history is gone", event.room)
 
     def _answer(self, event: Answer) -> None:
         frame = event.frame

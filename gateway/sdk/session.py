@@ -23,6 +23,7 @@ __all__ = [
     "ClientSession",
     "MessageEvent",
     "MissedEvent",
+    "RoomResetEvent",
     "SessionEvent",
     "ShardMapEvent",
     "SkippedEvent",
@@ -76,7 +77,16 @@ class MissedEvent:
     gap: Gap | None = None
 
 
-SessionEvent = Answer | MessageEvent | ShardMapEvent | SkippedEvent | MissedEvent
+@dataclass(frozen=True, slots=True)
+class RoomResetEvent:
+    """The room was lost and made anew on the gateway (a restart without durable storage): its
+    earlier history is gone, and how much of it this client missed is unknown. The room's
+    reconciliation starts afresh from what the gateway has now."""
+
+    room: str
+
+
+SessionEvent = Answer | MessageEvent | ShardMapEvent | SkippedEvent | MissedEvent | RoomResetEvent
 
 
 class ClientSession:
@@ -99,6 +109,7 @@ class ClientSession:
         self._rooms: dict[str, Reconciler] = {}
         self._current_shards: dict[str, tuple[int, ...]] = {}
         self._epochs: dict[str, int] = {}
+        self._incarnations: dict[str, int] = {}
         self._msg_prefix = os.urandom(6).hex()
         self._msg_counter = itertools.count(1)
         self._resumes: set[int] = set()  # join request ids that carried a cursor
@@ -114,7 +125,10 @@ class ClientSession:
         """Join (or re-join) ``room``. On a re-join with ``resume`` the cursor asks for a replay."""
         request_id = next(self._request_ids)
         reconciler = self._rooms.get(room)
-        cursor = reconciler.cursor() if reconciler is not None and resume else None
+        cursor = None
+        if reconciler is not None and resume:
+            mark = reconciler.cursor()
+            cursor = f.Cursor(mark.epoch, mark.delivered, self._incarnations.get(room, 0))
         if reconciler is None:
             self._rooms[room] = Reconciler(gap_timeout_s=self._gap_timeout_s)
         if cursor is not None:
@@ -126,6 +140,7 @@ class ClientSession:
         self._rooms.pop(room, None)
         self._current_shards.pop(room, None)
         self._epochs.pop(room, None)
+        self._incarnations.pop(room, None)
         return request_id, self._frame(f.Leave(request_id, room))
 
     def publish(
@@ -229,6 +244,13 @@ class ClientSession:
         reconciler = self._rooms.get(frame.room)
         if reconciler is None:
             return
+        known = self._incarnations.get(frame.room, 0)
+        self._incarnations[frame.room] = frame.incarnation
+        if known and known != frame.incarnation:
+            reconciler = self._rooms[frame.room] = Reconciler(gap_timeout_s=self._gap_timeout_s)
+            self._epochs.pop(frame.room, None)
+            self._current_shards.pop(frame.room, None)
+            events.append(RoomResetEvent(frame.room))
         for shard_map in frame.shard_maps:
             self._apply_map(shard_map)
         if frame.request_id in self._resumes:

@@ -85,7 +85,7 @@ def _hello_from(m: pb.Hello) -> f.Hello:
 def _join_from(m: pb.Join) -> f.Join:
     cursor = None
     if m.HasField("cursor"):
-        cursor = f.Cursor(m.cursor.epoch, _clock_from_pb(m.cursor.delivered))
+        cursor = f.Cursor(m.cursor.epoch, _clock_from_pb(m.cursor.delivered), m.cursor.incarnation)
     return f.Join(m.request_id, m.room, cursor)
 
 
@@ -151,6 +151,7 @@ def encode_client_frame(frame: f.ClientFrame) -> bytes:
             out.join.room = frame.room
             if frame.cursor is not None:
                 out.join.cursor.epoch = frame.cursor.epoch
+                out.join.cursor.incarnation = frame.cursor.incarnation
                 _clock_to_pb(frame.cursor.delivered, out.join.cursor.delivered)
         case f.Leave():
             out.leave.request_id = frame.request_id
@@ -250,6 +251,7 @@ def encode_server_frame(frame: f.ServerFrame) -> bytes:
             out.joined.request_id, out.joined.room = frame.request_id, frame.room
             out.joined.missed = frame.missed
             _clock_to_pb(frame.frontier, out.joined.frontier)
+            out.joined.incarnation = frame.incarnation
             for sm in frame.shard_maps:
                 _shard_map_to_pb(sm, out.joined.shard_maps.add())
         case f.Left():
@@ -314,6 +316,7 @@ _SERVER_DECODERS: dict[str, Callable[[Any], f.ServerFrame]] = {
         tuple(_shard_map_from_pb(s) for s in m.shard_maps),
         m.missed,
         _clock_from_pb(m.frontier),
+        m.incarnation,
     ),
     "left": lambda m: f.Left(m.request_id, m.room),
     "ack": lambda m: f.Ack(m.request_id, m.client_msg_id, m.id.shard, m.id.seq),

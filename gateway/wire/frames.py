@@ -113,9 +113,11 @@ class Cursor:
 
     epoch: int = 0
     delivered: Mapping[int, int] = field(default_factory=lambda: _EMPTY)
+    incarnation: int = 0
 
     def __post_init__(self) -> None:
         _check_u64("cursor epoch", self.epoch)
+        _check_u64("cursor incarnation", self.incarnation)
         _check_clock("cursor", self.delivered)
 
 
@@ -224,6 +226,7 @@ class Joined:
     shard_maps: tuple[ShardMap, ...]
     missed: int = 0
     frontier: Mapping[int, int] = field(default_factory=lambda: _EMPTY)
+    incarnation: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -225,7 +225,12 @@ class Cursor(_message.Message):
 
     EPOCH_FIELD_NUMBER: _builtins.int
     DELIVERED_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
     epoch: _builtins.int
+    incarnation: _builtins.int
+    """The room incarnation the cursor belongs to (from Joined). If the room was lost and made
+    anew since, the seqs mean nothing: the gateway replays everything it has instead.
+    """
     @_builtins.property
     def delivered(self) -> Global___VectorClock: ...
     def __init__(
@@ -233,10 +238,11 @@ class Cursor(_message.Message):
         *,
         epoch: _builtins.int = ...,
         delivered: Global___VectorClock | None = ...,
+        incarnation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delivered", b"delivered"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivered", b"delivered", "epoch", b"epoch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivered", b"delivered", "epoch", b"epoch", "incarnation", b"incarnation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -483,10 +489,15 @@ class Joined(_message.Message):
     SHARD_MAPS_FIELD_NUMBER: _builtins.int
     MISSED_FIELD_NUMBER: _builtins.int
     FRONTIER_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     room: _builtins.str
     missed: _builtins.int
     """Set on resume when the log no longer holds part of what the client missed."""
+    incarnation: _builtins.int
+    """A random id the room got when it was created. It survives restarts only with durable storage;
+    a client that sees it change knows the room's earlier history is gone and starts afresh.
+    """
     @_builtins.property
     def shard_maps(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardMap]:
         """Every epoch whose shards the room still retains (the last `epochs_kept`), oldest first;
@@ -508,10 +519,11 @@ class Joined(_message.Message):
         shard_maps: _abc.Iterable[Global___ShardMap] | None = ...,
         missed: _builtins.int = ...,
         frontier: Global___VectorClock | None = ...,
+        incarnation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["frontier", b"frontier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["frontier", b"frontier", "missed", b"missed", "request_id", b"request_id", "room", b"room", "shard_maps", b"shard_maps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frontier", b"frontier", "incarnation", b"incarnation", "missed", b"missed", "request_id", b"request_id", "room", b"room", "shard_maps", b"shard_maps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
