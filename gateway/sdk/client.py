@@ -34,7 +34,12 @@ from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    QuicEvent,
+    StreamDataReceived,
+)
 from aioquic.tls import SessionTicket
 
 from gateway.errors import ConnectionLost, ErrorCode, GatewayError, LocalProtocolError, ServerError
@@ -77,6 +82,8 @@ class ClientConfig:
     housekeeping_s: float = 0.05
     reconnect: bool = True
     reconnect_give_up_s: float = 120.0
+    resume_tls: bool = True  # reconnect with the TLS session ticket (an abbreviated handshake)
+    zero_rtt: bool = True  # and send the CONNECT and Hello as 0-RTT early data
     max_queued_messages: int = 100_000
     stream_window_bytes: int = 8 * 1024 * 1024
 
@@ -114,6 +121,14 @@ class _Link:
     status: asyncio.Future[int] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    # Resolves with "was 0-RTT early data accepted" when the TLS handshake completes.
+    handshake: asyncio.Future[bool] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class _EarlyDataRejected(Exception):
+    """The gateway refused 0-RTT: what rode in it never arrived."""
 
 
 class _LinkProtocol(QuicConnectionProtocol):
@@ -125,12 +140,15 @@ class _LinkProtocol(QuicConnectionProtocol):
 
     def quic_event_received(self, event: QuicEvent) -> None:
         link = self.link
+        if isinstance(event, HandshakeCompleted) and link is not None and not link.handshake.done():
+            link.handshake.set_result(event.early_data_accepted)
         if isinstance(event, ConnectionTerminated):
             if link is not None:
-                if not link.status.done():
-                    link.status.set_exception(
-                        ConnectionLost(f"connection closed: {event.reason_phrase}")
-                    )
+                lost = ConnectionLost(f"connection closed: {event.reason_phrase}")
+                for waiter in (link.status, link.handshake):
+                    if not waiter.done():
+                        waiter.set_exception(lost)
+                        waiter.exception()  # marked retrieved; whoever awaits it re-raises
                 self.client._link_lost(link, event.reason_phrase)
             return
         if (
@@ -249,7 +267,7 @@ class Client:
         """
         link = self._require_link()
         self._link = None
-        await self._dispose(link)
+        self._tasks.append(self._loop.create_task(self._dispose(link)))  # drains in the background
         await self._open()
         self.stats.reconnects += 1
 
@@ -283,18 +301,45 @@ class Client:
     # ---- connection -----------------------------------------------------------------------------
 
     async def _open(self) -> None:
-        """Open a link, WebTransport session and Hello; re-join rooms and re-send publishes."""
+        """Open a link, WebTransport session and Hello; re-join rooms and re-send publishes.
+
+        With a TLS session ticket from an earlier connection the handshake is resumed, and with
+        ``zero_rtt`` the CONNECT request and the Hello ride in 0-RTT: both are safe to replay.
+        Joins and publishes wait for the handshake (a replayed 0-RTT publish is exactly what
+        0-RTT must not carry).
+        """
+        early = self._early_data_possible()
         link = await self._dial()
+        timeout = self.config.request_timeout_s
         try:
-            await self._start_session(link)
+            if early:
+                self._begin_session(link)  # rides in 0-RTT
+                if not await asyncio.wait_for(asyncio.shield(link.handshake), timeout):
+                    raise _EarlyDataRejected
+            else:
+                await asyncio.wait_for(asyncio.shield(link.handshake), timeout)
+                self._begin_session(link)
+            await self._await_welcome(link)
+        except _EarlyDataRejected:
+            # The gateway no longer knows the ticket (restarted, or the ticket was used): the
+            # early CONNECT and Hello were dropped. Start over with a full handshake.
+            await self._abandon(link)
+            self._ticket = None
+            await self._open()
+            return
         except BaseException:
-            if self._link is link:
-                self._link = None
-            await self._dispose(link)
+            await self._abandon(link)
             raise
         self._resume()
 
-    async def _start_session(self, link: _Link) -> None:
+    async def _abandon(self, link: _Link) -> None:
+        if self._link is link:
+            self._link = None
+        await self._dispose(link)
+
+    def _begin_session(self, link: _Link) -> None:
+        """Send the WebTransport CONNECT, open the session's stream and say Hello, all at once
+        (WebTransport lets a client use the session before the 200: it saves a round trip)."""
         link.connect_stream = link.protocol._quic.get_next_available_stream_id()
         link.protocol.h3.send_headers(
             link.connect_stream,
@@ -306,18 +351,27 @@ class Client:
                 (b":path", self.path.encode()),
             ],
         )
-        link.protocol.transmit()
-        status = await asyncio.wait_for(link.status, self.config.request_timeout_s)
-        if status != 200:
-            raise ServerError(
-                f"the gateway refused the WebTransport session at {self.path}: HTTP {status}",
-                code=ErrorCode.UNSPECIFIED,
-            )
         link.frame_stream = link.protocol.h3.create_webtransport_stream(link.connect_stream)
         self.session.reset_stream()
         self._welcome = self._future()
         self._link = link
         self._send(self.session.hello())
+
+    async def _await_welcome(self, link: _Link) -> None:
+        assert self._welcome is not None
+        # A Welcome proves the session was accepted; the 200 itself can arrive later (after 0-RTT
+        # the response headers may wait in QPACK for the gateway's encoder stream).
+        await asyncio.wait(
+            (link.status, self._welcome),
+            timeout=self.config.request_timeout_s,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if link.status.done() and link.status.result() != 200:
+            raise ServerError(
+                f"the gateway refused the WebTransport session at {self.path}: "
+                f"HTTP {link.status.result()}",
+                code=ErrorCode.UNSPECIFIED,
+            )
         await asyncio.wait_for(self._welcome, self.config.request_timeout_s)
 
     async def _dial(self) -> _Link:
@@ -335,7 +389,9 @@ class Client:
             quic_cfg.verify_mode = ssl.CERT_NONE
         elif cfg.ca_file is not None:
             quic_cfg.load_verify_locations(str(cfg.ca_file))
-        quic_cfg.session_ticket = self._ticket
+        # A ticket is used once (RFC 8446 C.4): the gateway consumed it, and the new connection
+        # brings a fresh one shortly after its handshake.
+        quic_cfg.session_ticket, self._ticket = (self._ticket if cfg.resume_tls else None), None
         infos = await self._loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
         addr: tuple[Any, ...] = infos[0][4]
         family = infos[0][0]
@@ -350,12 +406,16 @@ class Client:
         link = _Link(protocol, transport, family)
         protocol.link = link
         protocol.connect(addr)
-        try:
-            await asyncio.wait_for(protocol.wait_connected(), self.config.request_timeout_s)
-        except BaseException:
-            transport.close()
-            raise
         return link
+
+    def _early_data_possible(self) -> bool:
+        ticket = self._ticket
+        return (
+            self.config.zero_rtt
+            and self.config.resume_tls
+            and ticket is not None
+            and bool(ticket.max_early_data_size)
+        )
 
     def _socket(self, family: int, host: str) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_DGRAM)
