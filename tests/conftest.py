@@ -19,15 +19,17 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> CertPaths:
 
 
 def server_config(certs: CertPaths, core: CoreConfig | None = None, **kw: object) -> ServerConfig:
-    return ServerConfig(
-        host="127.0.0.1",
-        port=0,
-        certificate_file=certs.cert,
-        private_key_file=certs.key,
-        core=core or CoreConfig(),
-        admin_port=0,
-        **kw,  # type: ignore[arg-type]
-    )
+    """A loopback gateway on free ports with the test certificates; ``kw`` overrides fields."""
+    fields: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "certificate_file": certs.cert,
+        "private_key_file": certs.key,
+        "core": core or CoreConfig(),
+        "admin_port": 0,
+    }
+    fields.update(kw)
+    return ServerConfig(**fields)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -144,8 +144,15 @@ class GatewayServer:
             protocol.close(error_code=0x100, reason_phrase="gateway shutting down")
         await asyncio.sleep(0)
         if self._server is not None:
+            transport = self._server._transport
             self._server.close()
             self._server = None
+            # asyncio closes the socket one loop turn later; return only once the port is free,
+            # so a restart on the same port works.
+            for _ in range(100):
+                if transport is None or transport.get_extra_info("socket").fileno() == -1:
+                    break
+                await asyncio.sleep(0)
 
     def now(self) -> float:
         assert self._loop is not None
