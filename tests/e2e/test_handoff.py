@@ -8,6 +8,7 @@ subscriber must see every message exactly once, in order. Gaps are measured and 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -64,7 +65,7 @@ class Stream:
 
     def largest_gap_after(self, moment: float) -> float:
         times = [t for t, _ in self.arrivals]
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False) if b >= moment]
+        gaps = [b - a for a, b in itertools.pairwise(times) if b >= moment]
         return max(gaps, default=0.0)
 
 
@@ -109,7 +110,7 @@ async def test_migrate_mid_stream_loses_and_duplicates_nothing(
         async def handoff() -> None:
             await sub.migrate()  # a new port: what a NAT rebinding looks like to the gateway
 
-        stream, gap = await run_with_handoff(pub, sub, handoff)
+        _, gap = await run_with_handoff(pub, sub, handoff)
         assert sub.local_address[1] != before[1]
         assert sub.stats.migrations == 1 and sub.stats.reconnects == 0
         assert gateway.migrations["nat_rebinding"] >= 1
