@@ -30,12 +30,15 @@ proto: $(STAMP)  ## regenerate gateway/wire/_pb from schemas/ (pinned compiler: 
 		--python_out=gateway/wire/_pb --mypy_out=gateway/wire/_pb $(PROTO)
 
 lint: $(STAMP)  ## ruff (lint + format check) and mypy --strict
-	$(BIN)/ruff check gateway loadgen tests
-	$(BIN)/ruff format --check gateway loadgen tests
+	$(BIN)/ruff check gateway loadgen bench tests
+	$(BIN)/ruff format --check gateway loadgen bench tests
 	$(BIN)/mypy
 
 test: $(STAMP) certs lint  ## lint, type-check and run the tests
 	$(BIN)/python -m pytest -q
+
+bench: $(STAMP) certs  ## run the benchmark suite; prints a table, writes bench/results.json
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 run: $(STAMP) certs  ## serve on the embedded default (127.0.0.1:4433)
 	$(BIN)/skein serve --host $(HOST) --port $(PORT)

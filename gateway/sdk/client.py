@@ -82,6 +82,7 @@ class ClientConfig:
     housekeeping_s: float = 0.05
     reconnect: bool = True
     reconnect_give_up_s: float = 120.0
+    migration_grace_s: float = 1.0  # the old socket keeps receiving this long after migrate()
     resume_tls: bool = True  # reconnect with the TLS session ticket (an abbreviated handshake)
     zero_rtt: bool = True  # and send the CONNECT and Hello as 0-RTT early data
     max_queued_messages: int = 100_000
@@ -254,7 +255,10 @@ class Client:
         old = link.transport
         transport, _ = await self._loop.create_datagram_endpoint(lambda: link.protocol, sock=sock)
         link.transport = transport
-        old.close()
+        # Keep listening on the old socket for a moment: what the gateway sent before it saw the
+        # new path still arrives there (the old network often lingers; a NAT rebinding always
+        # does), instead of waiting for loss recovery.
+        self._loop.call_later(self.config.migration_grace_s, old.close)
         link.protocol.change_connection_id()
         await asyncio.wait_for(link.protocol.ping(), self.config.request_timeout_s)
         self.stats.migrations += 1

@@ -1,0 +1,1 @@
+"""Skein's benchmark suite: `make bench` (or `python -m bench.run --help`)."""
