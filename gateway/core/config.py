@@ -25,6 +25,9 @@ class CoreConfig:
     - ``max_fetch_messages``: the most messages one Fetch returns (clients fetch again for more).
     - ``max_errors_per_session``: protocol errors a client may make before it is disconnected.
     - ``node_id``: a short name for this gateway, used in session ids.
+    - ``group_rooms``: glob patterns of room names in ``group`` mode (every message reliable:
+      stored before it is acked and fanned out); other rooms are ``live`` (only HIGH messages
+      take the reliable path).
     """
 
     tick_ms: float = 10.0
@@ -38,6 +41,7 @@ class CoreConfig:
     max_fetch_messages: int = 1000
     max_errors_per_session: int = 20
     node_id: str = "n1"
+    group_rooms: tuple[str, ...] = ("group-*", "dm-*")
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
 
     def __post_init__(self) -> None:

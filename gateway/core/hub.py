@@ -13,13 +13,14 @@ every subscriber.
 
 from __future__ import annotations
 
+import fnmatch
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.core.config import CoreConfig
-from gateway.core.room import Room
+from gateway.core.room import Room, RoomMode
 from gateway.core.session import Session, State
 from gateway.core.shard import Entry
 from gateway.core.sharder import make_policy
@@ -35,7 +36,7 @@ from gateway.wire.codec import (
 )
 from gateway.wire.framing import delimit
 
-__all__ = ["CAPABILITIES", "Close", "Hub", "Output", "RoomInfo", "Send"]
+__all__ = ["CAPABILITIES", "Close", "Hub", "Output", "Persist", "RoomInfo", "Send"]
 
 CAPABILITIES = ("lz4",)
 _MAX_BATCH_BYTES = 1 << 20  # one Deliver/Fetched frame stays below this (clients allow 16 MiB)
@@ -50,6 +51,16 @@ class Send:
 
 
 @dataclass(frozen=True, slots=True)
+class Persist:
+    """Store these sequenced messages durably, then call :meth:`Hub.persisted` with them (or
+    :meth:`Hub.persist_failed`). Their publishers are acked, and subscribers notified, only then.
+    Batch them: everything persisted in one tick can be one group commit."""
+
+    room: str
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     """End this connection's session with an error code (the Error frame was already sent)."""
 
@@ -58,7 +69,7 @@ class Close:
     reason: str
 
 
-Output = Send | Close
+Output = Send | Close | Persist
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +98,8 @@ class Hub:
         self._dirty: set[str] = set()
         self._flush_at: float | None = None
         self._checks: dict[str, float] = {}
+        # Reliable messages waiting for the store: (room, shard, seq) -> who to ack.
+        self._unstored: dict[tuple[str, int, int], tuple[int, int, str]] = {}
         self._handlers: dict[type[f.ClientFrame], Callable[[Session, Any, float], None]] = {
             f.Hello: self._on_hello,
             f.Join: self._on_join,
@@ -243,8 +256,12 @@ class Hub:
                     code=ErrorCode.TOO_MANY_ROOMS,
                     request_id=request_id,
                 )
+            mode = RoomMode.LIVE
+            if any(fnmatch.fnmatchcase(name, p) for p in self.config.group_rooms):
+                mode = RoomMode.GROUP
             room = Room(
                 name,
+                mode=mode,
                 policy=make_policy(self.config.sharding),
                 now=now,
                 log_messages=self.config.log_messages_per_shard,
@@ -305,21 +322,73 @@ class Hub:
                 request_id=frame.request_id,
             )
         room = self._joined_room(session, frame.room, frame.request_id)
+        reliable = frame.priority is f.Priority.HIGH or room.mode is RoomMode.GROUP
         try:
-            published = room.publish(frame, session.user)
+            published = room.publish(frame, session.user, durable=not reliable)
         except GatewayError as exc:
             exc.request_id = frame.request_id
             raise
+        if published.duplicate:
+            self.stats.duplicates += 1
+            key = (room.name, published.shard, published.seq)
+            if key in self._unstored:  # a retry of a message still being stored: ack it then
+                return
+        else:
+            self.stats.published[frame.priority.name.lower()] += 1
+            if reliable:
+                assert published.entry is not None
+                key = (room.name, published.shard, published.seq)
+                self._unstored[key] = (session.conn_id, frame.request_id, frame.client_msg_id)
+                self._outputs.append(Persist(room.name, (published.entry,)))
+                return
+            self._mark_dirty(room, now)
         ack = f.Ack(frame.request_id, frame.client_msg_id, published.shard, published.seq)
         self._send_frame(session, ack)
         self.stats.acks += 1
-        if published.duplicate:
-            self.stats.duplicates += 1
-        else:
-            self.stats.published[frame.priority.name.lower()] += 1
-            self._dirty.add(room.name)
-            if self._flush_at is None:
-                self._flush_at = now + self._tick_s
+
+    # ---- the reliable path ----------------------------------------------------------------------
+
+    def persisted(self, room_name: str, entries: Iterable[Entry], now: float) -> None:
+        """The store made these messages durable: ack their publishers and let them fan out."""
+        room = self._rooms.get(room_name)
+        for entry in entries:
+            m = entry.message
+            if room is not None:
+                room.stored(m.shard, m.seq)
+            waiting = self._unstored.pop((room_name, m.shard, m.seq), None)
+            if waiting is None:
+                continue
+            conn_id, request_id, client_msg_id = waiting
+            session = self._sessions.get(conn_id)
+            if session is not None:
+                self._send_frame(session, f.Ack(request_id, client_msg_id, m.shard, m.seq))
+                self.stats.acks += 1
+        if room is not None:
+            self._mark_dirty(room, now)
+
+    def persist_failed(
+        self, room_name: str, entries: Iterable[Entry], reason: str, now: float
+    ) -> None:
+        """The store could not take these messages. Their publishers get an INTERNAL error and
+        may retry (as new messages); subscribers still get them, best effort, unacknowledged."""
+        room = self._rooms.get(room_name)
+        for entry in entries:
+            m = entry.message
+            if room is not None:
+                room.stored(m.shard, m.seq)
+                room.forget(m.sender, m.client_msg_id)
+            waiting = self._unstored.pop((room_name, m.shard, m.seq), None)
+            session = self._sessions.get(waiting[0]) if waiting else None
+            if waiting is not None and session is not None:
+                error = f"the message store failed ({reason}); not acknowledged, retry later"
+                self._send_frame(session, f.Error(ErrorCode.INTERNAL, error, waiting[1]))
+        if room is not None:
+            self._mark_dirty(room, now)
+
+    def _mark_dirty(self, room: Room, now: float) -> None:
+        self._dirty.add(room.name)
+        if self._flush_at is None:
+            self._flush_at = now + self._tick_s
 
     def _on_fetch(self, session: Session, frame: f.Fetch, now: float) -> None:
         room = self._joined_room(session, frame.room, frame.request_id)
@@ -365,11 +434,15 @@ class Hub:
             self.disconnect(session.conn_id, 0.0)
 
     def _fan_out(self, room: Room, now: float) -> None:
-        pending, counts = room.take_pending()
+        ready = room.take_pending()
+        counts: dict[int, int] = {}
+        for entry in ready:
+            counts[entry.message.shard] = counts.get(entry.message.shard, 0) + 1
         for shard_id, count in counts.items():
             room.policy.observe(shard_id, count, now)
-        if not pending or not room.subscribers:
+        if not ready or not room.subscribers:
             return
+        pending = [entry.encoded for entry in ready]
         everyone = tuple(room.subscribers)
         groups: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # (plain, lz4), made once
         stats = self.stats
@@ -404,6 +477,7 @@ class Hub:
         count = room.policy.decide([s.id for s in room.current_shards], now)
         if count is not None and count != len(room.current_shards):
             self._fan_out(room, now)  # the old epoch's messages go out before the new map
+        if count is not None and count != len(room.current_shards) and room.can_reshard:
             self._dirty.discard(room.name)
             if count > len(room.current_shards):
                 self.stats.splits += 1
@@ -414,6 +488,8 @@ class Hub:
                 data = delimit(encode_server_frame(shard_map))
                 self._outputs.append(Send(tuple(room.subscribers), data))
         check = room.policy.next_check(now)
+        if count is not None and not room.can_reshard:
+            check = now + self._tick_s  # messages are still being stored: decide again soon
         if check is None:
             self._checks.pop(room.name, None)
         else:

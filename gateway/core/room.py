@@ -65,8 +65,8 @@ class Room:
         self._maps: deque[ShardMap] = deque(maxlen=epochs_kept)
         self._shards: dict[int, Shard] = {}
         self._current: tuple[Shard, ...] = ()
-        self._pending: list[bytes] = []
-        self._pending_counts: dict[int, int] = {}
+        self._pending: list[Entry] = []
+        self._undurable: set[tuple[int, int]] = set()  # pending (shard, seq) not yet stored
         self._recent: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
         self._dedupe_window = dedupe_window
         self._start_epoch(initial_shards, {}, 0, now)
@@ -106,7 +106,8 @@ class Room:
         """Seal every current shard and start a new epoch with ``count`` shards.
 
         The caller must fan out what is pending (``take_pending``) *before* it sends the new map, so
-        that subscribers see the old epoch's messages first.
+        that subscribers see the old epoch's messages first; a room with messages still waiting to
+        be stored can't reshard (``can_reshard``).
         """
         if self._pending:
             raise RuntimeError("take_pending() before reshard()")
@@ -149,8 +150,12 @@ class Room:
                 kept[shard_id] = seq
         return kept
 
-    def publish(self, frame: Publish, sender: str) -> Published:
-        """Sequence a publish (or recognise a retry of one). Raises RemoteProtocolError."""
+    def publish(self, frame: Publish, sender: str, *, durable: bool = True) -> Published:
+        """Sequence a publish (or recognise a retry of one). Raises RemoteProtocolError.
+
+        ``durable=False`` holds the message (and everything after it in this room) back from
+        fan-out until :meth:`stored` says it is in the durable log: store, then notify.
+        """
         key = (sender, frame.client_msg_id)
         if frame.client_msg_id and (seen := self._recent.get(key)) is not None:
             return Published(seen[0], seen[1], True, None)
@@ -167,24 +172,59 @@ class Room:
             self._recent[key] = (shard.id, entry.message.seq)
             if len(self._recent) > self._dedupe_window:
                 self._recent.popitem(last=False)
-        self._pending.append(entry.encoded)
-        self._pending_counts[shard.id] = self._pending_counts.get(shard.id, 0) + 1
+        self._pending.append(entry)
+        if not durable:
+            self._undurable.add((shard.id, entry.message.seq))
         return Published(shard.id, entry.message.seq, False, entry)
 
-    def take_pending(self) -> tuple[list[bytes], dict[int, int]]:
-        """Hand over the encoded messages since the last call and the count per shard."""
-        pending, counts = self._pending, self._pending_counts
-        self._pending, self._pending_counts = [], {}
-        return pending, counts
+    def stored(self, shard: int, seq: int) -> None:
+        """The message ``shard:seq`` is durable: it may be fanned out."""
+        self._undurable.discard((shard, seq))
+
+    def forget(self, sender: str, client_msg_id: str) -> None:
+        """Drop a publish from the retry window (its store write failed: a retry is new)."""
+        self._recent.pop((sender, client_msg_id), None)
+
+    @property
+    def can_reshard(self) -> bool:
+        return not self._pending and not self._undurable
+
+    def take_pending(self) -> list[Entry]:
+        """Hand over the messages ready for fan-out, in sequence order: everything up to the first
+        one still waiting for the store. Marks them notified on their shards."""
+        pending = self._pending
+        if self._undurable:
+            cut = next(
+                (
+                    i
+                    for i, e in enumerate(pending)
+                    if (e.message.shard, e.message.seq) in self._undurable
+                ),
+                len(pending),
+            )
+            ready, self._pending = pending[:cut], pending[cut:]
+        else:
+            ready, self._pending = pending, []
+        shards = self._shards
+        for entry in ready:
+            shard = shards.get(entry.message.shard)
+            if shard is not None:
+                shard.notified_seq = entry.message.seq
+        return ready
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
 
     # ---- reading --------------------------------------------------------------------------------
 
     def frontier(self) -> dict[int, int]:
-        """What a new subscriber starts from: the current shards' last seqs and the sealed ones."""
+        """What a new subscriber starts from: what was already fanned out on the current shards,
+        and the sealed seqs. Messages still pending will reach it with the next batch."""
         result = dict(self.shard_map.sealed)
         for shard in self._current:
-            if shard.last_seq:
-                result[shard.id] = shard.last_seq
+            if shard.notified_seq:
+                result[shard.id] = shard.notified_seq
         return result
 
     def shard(self, shard_id: int) -> Shard:

@@ -34,13 +34,14 @@ class Shard:
     causality, which is what lets clients order across shards.
     """
 
-    __slots__ = ("_log", "clock", "id", "last_seq", "sealed")
+    __slots__ = ("_log", "clock", "id", "last_seq", "notified_seq", "sealed")
 
     def __init__(self, shard_id: int, *, log_messages: int) -> None:
         if log_messages < 1:
             raise ValueError("log_messages must be >= 1")
         self.id = shard_id
         self.last_seq = 0
+        self.notified_seq = 0  # the last seq fanned out to subscribers (<= last_seq)
         self.sealed = False
         self.clock: dict[int, int] = {}
         self._log: deque[Entry] = deque(maxlen=log_messages)

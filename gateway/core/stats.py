@@ -141,8 +141,8 @@ class HubStats:
     # Messages per Deliver frame, one observation per frame built by fan-out.
     batch_size_messages: Histogram = field(default_factory=_batch)
     # From a message's sequencing (which is its receipt: the hub sequences on arrival) to its
-    # batch being handed to connections: one observation per room per fan-out, of the oldest
-    # pending message's wait, the worst case in that batch and what tick_ms bounds.
+    # batch being handed to connections, one observation per message that reached at least one
+    # subscriber. tick_ms bounds it on the live path; the reliable path adds the store's commit.
     fanout_wait_seconds: Histogram = field(default_factory=_latency)
     # The delivery engine's: messages x recipients delivered, by priority name (sums to
     # ``deliveries`` once every delivery is counted by priority); messages x recipients shed

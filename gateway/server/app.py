@@ -21,7 +21,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
 from aioquic.tls import SessionTicket
 
-from gateway.core.hub import Close, Hub, Send
+from gateway.core.hub import Close, Hub, Output, Persist, Send
 from gateway.server.admin import AdminServer, Reply
 from gateway.server.config import ServerConfig
 from gateway.server.protocol import GatewayProtocol
@@ -219,10 +219,29 @@ class GatewayServer:
 
     # ---- outputs and the timer ------------------------------------------------------------------
 
+    def _persist(self, batch: list[Persist]) -> None:
+        """No durable store: messages count as stored once sequenced (documented as such)."""
+        now = self.now()
+        for item in batch:
+            self.hub.persisted(item.room, item.entries, now)
+
     def _pump(self) -> None:
         touched: set[GatewayProtocol] = set()
+        outputs = self.hub.take_outputs()
+        while outputs:
+            persists = self._deliver(outputs, touched)
+            if persists:
+                self._persist(persists)
+            outputs = self.hub.take_outputs()
+        for protocol in touched:
+            protocol.transmit()
+        self._arm_timer()
+
+    def _deliver(self, outputs: list[Output], touched: set[GatewayProtocol]) -> list[Persist]:
+        """Hand Sends to connections and Closes to sessions; return the Persists for the store."""
         routes = self._routes
-        for output in self.hub.take_outputs():
+        persists: list[Persist] = []
+        for output in outputs:
             if isinstance(output, Send):
                 data = output.data
                 for conn_id in output.conn_ids:
@@ -244,9 +263,9 @@ class GatewayServer:
                     )
                     route.protocol.finish_session(route.stream_id)
                     touched.add(route.protocol)
-        for protocol in touched:
-            protocol.transmit()
-        self._arm_timer()
+            else:
+                persists.append(output)
+        return persists
 
     def _arm_timer(self) -> None:
         at = self.hub.get_timer()

@@ -1,0 +1,74 @@
+"""The reliable path in the sans-IO hub: stored before acked, acked before notified, in order."""
+
+from __future__ import annotations
+
+from gateway.core.config import CoreConfig
+from gateway.core.hub import Hub, Persist
+from gateway.errors import ErrorCode
+from gateway.wire import frames as f
+from tests.core.test_hub import Peer, pump
+
+
+def persists(hub: Hub) -> list[Persist]:
+    return [o for o in hub._outputs if isinstance(o, Persist)]
+
+
+def test_high_priority_is_stored_before_ack_and_before_anyone_sees_it() -> None:
+    hub = Hub(CoreConfig())
+    alice, bob = Peer(hub, 1, "alice"), Peer(hub, 2, "bob")
+    for p in (alice, bob):
+        p.send(f.Join(1, "live"))
+    pump(hub, [alice, bob])
+    alice.send(f.Publish(2, "live", "gift", b"a rose", f.Priority.HIGH))
+    alice.send(f.Publish(3, "live", "chat", b"lol", f.Priority.CHATTER))
+    (persist,) = persists(hub)
+    assert [e.message.seq for e in persist.entries] == [1]
+    hub.flush(1.0)
+    pump(hub, [alice, bob])
+    assert [a.client_msg_id for a in alice.take(f.Ack)] == ["chat"]  # chatter acks at once
+    assert bob.take(f.Deliver) == []  # ... but waits behind the gift: seq order, store first
+
+    late = Peer(hub, 3, "late")
+    late.send(f.Join(1, "live"))
+    pump(hub, [late])
+    assert late.take(f.Joined)[0].frontier == {}  # nothing notified yet: it gets both later
+
+    hub.persisted("live", persist.entries, 1.1)
+    hub.flush(1.2)
+    pump(hub, [alice, bob, late])
+    assert [a.client_msg_id for a in alice.take(f.Ack)] == ["gift"]
+    for p in (bob, late):
+        (batch,) = p.take(f.Deliver)
+        assert [(m.seq, m.body) for m in batch.messages] == [(1, b"a rose"), (2, b"lol")]
+
+
+def test_group_rooms_store_every_message_and_retries_wait_for_the_store() -> None:
+    hub = Hub(CoreConfig(group_rooms=("team-*",)))
+    p = Peer(hub, 1, "p")
+    p.send(f.Join(1, "team-a"))
+    p.send(f.Publish(2, "team-a", "m1", b"hi", f.Priority.CHATTER))
+    p.send(f.Publish(3, "team-a", "m1", b"hi", f.Priority.CHATTER))  # a retry before the commit
+    (persist,) = persists(hub)
+    pump(hub, [p])
+    assert p.take(f.Ack) == []
+    hub.persisted("team-a", persist.entries, 1.0)
+    pump(hub, [p])
+    assert [(a.request_id, a.seq) for a in p.take(f.Ack)] == [(2, 1)]
+
+
+def test_a_failed_store_write_is_an_error_not_an_ack() -> None:
+    hub = Hub()
+    p = Peer(hub, 1, "p")
+    p.send(f.Join(1, "r"))
+    p.send(f.Publish(2, "r", "g", b"gift", f.Priority.HIGH))
+    (persist,) = persists(hub)
+    hub.take_outputs()
+    hub.persist_failed("r", persist.entries, "disk full", 1.0)
+    hub.flush(1.1)
+    pump(hub, [p])
+    (err,) = p.take(f.Error)
+    assert err.code == ErrorCode.INTERNAL and err.request_id == 2 and "disk full" in err.message
+    assert p.take(f.Ack) == []
+    p.send(f.Publish(3, "r", "g", b"gift", f.Priority.HIGH))  # the retry is a new message
+    (again,) = persists(hub)
+    assert again.entries[0].message.seq == 2
