@@ -25,6 +25,11 @@ class CoreConfig:
     - ``max_fetch_messages``: the most messages one Fetch returns (clients fetch again for more).
     - ``max_errors_per_session``: protocol errors a client may make before it is disconnected.
     - ``node_id``: a short name for this gateway, used in session ids.
+    - ``send_budget_bytes``: how much may wait (queued or unacknowledged) for one connection
+      before it is served less: chatter is shed above the budget, normal messages too above twice
+      it; high-priority messages are never shed.
+    - ``slow_consumer_s``: a connection over budget this long is disconnected (SLOW_CONSUMER).
+    - ``max_backlog_bytes``: over this a connection is disconnected at once.
     - ``group_rooms``: glob patterns of room names in ``group`` mode (every message reliable:
       stored before it is acked and fanned out); other rooms are ``live`` (only HIGH messages
       take the reliable path).
@@ -42,6 +47,9 @@ class CoreConfig:
     max_errors_per_session: int = 20
     node_id: str = "n1"
     group_rooms: tuple[str, ...] = ("group-*", "dm-*")
+    send_budget_bytes: int = 256 * 1024
+    slow_consumer_s: float = 10.0
+    max_backlog_bytes: int = 8 * 1024 * 1024
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
 
     def __post_init__(self) -> None:

@@ -33,6 +33,7 @@ from gateway.wire.codec import (
     deliver_lz4_frame,
     encode_deliver,
     encode_server_frame,
+    encode_tombstone,
 )
 from gateway.wire.framing import delimit
 
@@ -98,6 +99,9 @@ class Hub:
         self._dirty: set[str] = set()
         self._flush_at: float | None = None
         self._checks: dict[str, float] = {}
+        # Connections over their send budget, and since when (virtual time).
+        self._congested: dict[int, float] = {}
+        self._watch_at: float | None = None  # next look at congested connections
         # Reliable messages waiting for the store: (room, shard, seq) -> who to ack.
         self._unstored: dict[tuple[str, int, int], tuple[int, int, str]] = {}
         self._handlers: dict[type[f.ClientFrame], Callable[[Session, Any, float], None]] = {
@@ -160,6 +164,7 @@ class Hub:
             return
         self.stats.sessions_closed += 1
         session.state = State.CLOSED
+        self._congested.pop(conn_id, None)
         for name in session.rooms:
             room = self._rooms.get(name)
             if room is not None:
@@ -168,15 +173,64 @@ class Hub:
 
     # ---- timers and outputs ---------------------------------------------------------------------
 
+    def report_backlog(self, conn_id: int, queued_bytes: int, now: float) -> None:
+        """The server's measure of what waits on a connection (queued or unacknowledged).
+
+        Call it after writing to a connection when it is at or over ``send_budget_bytes``, and
+        for every connection in :meth:`congested` before :meth:`handle_timer`. Over
+        ``max_backlog_bytes`` the session is closed at once (SLOW_CONSUMER).
+        """
+        session = self._sessions.get(conn_id)
+        if session is None:
+            return
+        session.backlog = queued_bytes
+        budget = self.config.send_budget_bytes
+        if queued_bytes > self.config.max_backlog_bytes:
+            self._fail(
+                session,
+                Rejected(
+                    f"{queued_bytes} bytes are waiting for this connection (limit "
+                    f"{self.config.max_backlog_bytes}): it reads too slowly",
+                    code=ErrorCode.SLOW_CONSUMER,
+                    fatal=True,
+                ),
+            )
+        elif queued_bytes >= budget:
+            self._congested.setdefault(conn_id, now)
+            if self._watch_at is None:
+                self._watch_at = now + self._tick_s
+        elif queued_bytes < budget // 2:
+            self._congested.pop(conn_id, None)
+
+    def congested(self) -> list[int]:
+        """Connections over their send budget: the server reports their backlog each tick."""
+        return list(self._congested)
+
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should next run, or None when nothing is waiting."""
         times = list(self._checks.values())
         if self._flush_at is not None:
             times.append(self._flush_at)
+        if self._watch_at is not None:  # congested connections: a look every tick
+            times.append(self._watch_at)
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
-        """Fan out due batches and let the sharder re-shard rooms whose time has come."""
+        """Fan out due batches, drop slow consumers, let the sharder re-shard rooms."""
+        limit = self.config.slow_consumer_s
+        for conn_id, since in list(self._congested.items()):
+            session = self._sessions.get(conn_id)
+            if session is not None and now - since >= limit:
+                self._fail(
+                    session,
+                    Rejected(
+                        f"over its send budget for {limit:.0f} s: disconnected as a slow consumer",
+                        code=ErrorCode.SLOW_CONSUMER,
+                        fatal=True,
+                    ),
+                )
+        if self._watch_at is not None and now >= self._watch_at:
+            self._watch_at = now + self._tick_s if self._congested else None
         if self._flush_at is not None and now >= self._flush_at:
             self.flush(now)
         for name, at in list(self._checks.items()):
@@ -442,23 +496,32 @@ class Hub:
             room.policy.observe(shard_id, count, now)
         if not ready or not room.subscribers:
             return
-        pending = [entry.encoded for entry in ready]
         everyone = tuple(room.subscribers)
+        congested = self._congested
+        behind = [c for c in everyone if c in congested] if congested else []
+        served = tuple(c for c in everyone if c not in congested) if behind else everyone
+        self.stats.deliveries += len(ready) * len(served)
+        if served:
+            self._fan_out_shared(room.name, [e.encoded for e in ready], served)
+        for conn_id in behind:
+            self._fan_out_shedding(room.name, ready, self._sessions[conn_id])
+
+    def _fan_out_shared(self, room: str, pending: list[bytes], conn_ids: tuple[int, ...]) -> None:
+        """The common case: one encoding (and at most one lz4 compression) for everyone."""
         groups: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # (plain, lz4), made once
         stats = self.stats
-        stats.deliveries += len(pending) * len(everyone)
         for batch in _batches(pending, _MAX_BATCH_BYTES):
-            deliver = encode_deliver(room.name, batch)
+            deliver = encode_deliver(room, batch)
             stats.batches += 1
             stats.batch_messages += len(batch)
             if len(deliver) < self.config.lz4_min_bytes:
-                self._send_all(everyone, delimit(deliver_frame(deliver)))
+                self._send_all(conn_ids, delimit(deliver_frame(deliver)))
                 continue
             if groups is None:
                 sessions = self._sessions
                 groups = (
-                    tuple(c for c in everyone if not sessions[c].lz4),
-                    tuple(c for c in everyone if sessions[c].lz4),
+                    tuple(c for c in conn_ids if not sessions[c].lz4),
+                    tuple(c for c in conn_ids if sessions[c].lz4),
                 )
             plain_ids, lz4_ids = groups
             if plain_ids:
@@ -468,6 +531,28 @@ class Hub:
                 stats.lz4_in += len(deliver)
                 stats.lz4_out += len(packed)
                 self._send_all(lz4_ids, packed)
+
+    def _fan_out_shedding(self, room: str, ready: list[Entry], session: Session) -> None:
+        """A connection over budget gets tombstones for what is shed: chatter over the budget,
+        normal too over twice it, high never (see :func:`plan_shedding`)."""
+        keep = plan_shedding(
+            [e.message.priority for e in ready], session.backlog, self.config.send_budget_bytes
+        )
+        items = []
+        shed = self.stats.shed
+        for entry, kept in zip(ready, keep, strict=True):
+            m = entry.message
+            if kept:
+                items.append(entry.encoded)
+            else:
+                items.append(encode_tombstone(m.shard, m.seq))
+                session.shed += 1
+                shed[m.priority.name.lower()] += 1
+        self.stats.deliveries += sum(keep)
+        for batch in _batches(items, _MAX_BATCH_BYTES):
+            data = delimit(deliver_frame(encode_deliver(room, batch, session.shed)))
+            session.shed = 0
+            self._send_all((session.conn_id,), data)
 
     def _send_all(self, conn_ids: tuple[int, ...], data: bytes) -> None:
         self.stats.bytes_out += len(data) * len(conn_ids)
@@ -494,6 +579,21 @@ class Hub:
             self._checks.pop(room.name, None)
         else:
             self._checks[room.name] = check
+
+
+def plan_shedding(
+    priorities: list[f.Priority], backlog_bytes: int, budget_bytes: int
+) -> list[bool]:
+    """Which messages of a batch a connection with ``backlog_bytes`` waiting still gets.
+
+    Lowest priority first: at or over the budget chatter is shed; at or over twice the budget
+    normal messages too; high-priority messages are never shed. So a message is never shed while
+    one of lower priority in the same batch is kept.
+    """
+    if backlog_bytes < budget_bytes:
+        return [True] * len(priorities)
+    floor = f.Priority.HIGH if backlog_bytes >= 2 * budget_bytes else f.Priority.NORMAL
+    return [p >= floor for p in priorities]
 
 
 def _capped(entries: list[Entry], max_bytes: int) -> list[Entry]:

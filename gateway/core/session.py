@@ -38,7 +38,18 @@ TRANSITIONS: dict[State, dict[type[f.ClientFrame], State]] = {
 class Session:
     """Per-connection state. The hub owns sessions and drives them."""
 
-    __slots__ = ("conn_id", "decoder", "errors", "lz4", "rooms", "session_id", "state", "user")
+    __slots__ = (
+        "backlog",
+        "conn_id",
+        "decoder",
+        "errors",
+        "lz4",
+        "rooms",
+        "session_id",
+        "shed",
+        "state",
+        "user",
+    )
 
     def __init__(self, conn_id: int, session_id: str, *, max_frame_bytes: int) -> None:
         self.conn_id = conn_id
@@ -49,6 +60,8 @@ class Session:
         self.rooms: set[str] = set()
         self.errors = 0
         self.decoder = FrameDecoder(max_frame_bytes)
+        self.backlog = 0  # bytes queued or unacknowledged on the connection, as last reported
+        self.shed = 0  # messages shed for it since its last Deliver
 
     def advance(self, frame: f.ClientFrame) -> None:
         """Move the state machine for ``frame``, or raise RemoteProtocolError if it is not allowed."""

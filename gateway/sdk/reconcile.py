@@ -175,6 +175,7 @@ class Reconciler:
         "_room",
         "_seqs",
         "_shard_epoch",
+        "_skipped",
         "_waiting",
     )
 
@@ -221,6 +222,7 @@ class Reconciler:
         self._duplicates = 0
         self._missed = 0
         self._evicted = 0
+        self._skipped = 0
 
     # ---- state -----------------------------------------------------------------------------------
 
@@ -243,6 +245,11 @@ class Reconciler:
     def missed(self) -> int:
         """Messages reported lost for good through :meth:`lost` (the sum of the gaps' counts)."""
         return self._missed
+
+    @property
+    def skipped(self) -> int:
+        """Tombstones passed over: messages the gateway shed for this client."""
+        return self._skipped
 
     @property
     def evicted(self) -> int:
@@ -477,7 +484,10 @@ class Reconciler:
         # Not ready yet: woken by its map (apply_shard_map) or by its predecessor (_advance).
         if epoch is None or self._delivered.get(shard, 0) != seq - 1:
             return False
-        blocker = self._unmet(self._buffer[key].deps)
+        m = self._buffer[key]
+        # A tombstone's successor carries every dependency it had (per-shard clocks only grow),
+        # so a tombstone waits only for its predecessor (and, as a first seq, the sealed seqs).
+        blocker = None if m.shed else self._unmet(m.deps)
         if blocker is None and seq == 1:
             blocker = self._unmet(self._epochs[epoch].sealed)
         if blocker is None:
@@ -496,6 +506,10 @@ class Reconciler:
         m = self._buffer.pop(key)
         self._drop_seq(shard, seq)
         self._unblock(key)
+        if m.shed:  # not sent to this client: counted, never shown, never fetched
+            self._skipped += 1
+            self._advance(shard, seq)
+            return
         lamport = self._epochs[self._shard_epoch[shard]].base_sum + sum(m.deps.values()) + seq
         d = Delivered(m, (lamport, shard, seq))
         self._outbox.append(d)

@@ -70,6 +70,7 @@ class GatewayServer:
         self.counters: collections.Counter[str] = collections.Counter()
         self.address: tuple[str, int] = (config.host, config.port)
         self._routes: dict[int, _Route] = {}
+        self._budget = config.core.send_budget_bytes
         self._next_conn_id = 1
         self._protocols: set[GatewayProtocol] = set()
         self._tickets = _TicketStore()
@@ -244,11 +245,15 @@ class GatewayServer:
         for output in outputs:
             if isinstance(output, Send):
                 data = output.data
+                budget = self._budget
                 for conn_id in output.conn_ids:
                     route = routes.get(conn_id)
                     if route is not None:
                         route.protocol.send_frames(route.stream_id, data)
                         touched.add(route.protocol)
+                        queued = route.protocol.queued_bytes(route.stream_id)
+                        if queued >= budget:
+                            self.hub.report_backlog(conn_id, queued, self.now())
             elif isinstance(output, Close):
                 route = routes.pop(output.conn_id, None)
                 if route is not None:
@@ -282,7 +287,12 @@ class GatewayServer:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.hub.handle_timer(self.now())
+        now = self.now()
+        for conn_id in self.hub.congested():
+            route = self._routes.get(conn_id)
+            if route is not None:
+                self.hub.report_backlog(conn_id, route.protocol.queued_bytes(route.stream_id), now)
+        self.hub.handle_timer(now)
         self._pump()
 
 

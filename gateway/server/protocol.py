@@ -192,6 +192,15 @@ class GatewayProtocol(QuicConnectionProtocol):
         """Queue ``data`` on a session's frame stream (the server transmits after a batch)."""
         self._quic.send_stream_data(stream_id, data)
 
+    def queued_bytes(self, stream_id: int) -> int:
+        """Bytes written to a stream and not yet acknowledged by the client (queued or in
+        flight): the connection's backlog. Reads aioquic's sender, the one place that knows."""
+        stream = self._quic._streams.get(stream_id)
+        if stream is None:
+            return 0
+        sender = stream.sender
+        return int(sender._buffer_stop - sender._buffer_start)
+
     def finish_session(self, stream_id: int) -> None:
         """End a session the gateway closed: FIN its frame stream and its CONNECT stream."""
         session = self._by_stream.get(stream_id)

@@ -30,6 +30,7 @@ __all__ = [
     "encode_deliver",
     "encode_message",
     "encode_server_frame",
+    "encode_tombstone",
 ]
 
 MAX_DECOMPRESSED_BYTES = 8 << 20
@@ -182,6 +183,7 @@ def _message_to_pb(msg: f.Message, out: pb.Message) -> None:
     _clock_to_pb(msg.deps, out.deps)
     out.sender, out.client_msg_id = msg.sender, msg.client_msg_id
     out.priority, out.body = pb.Priority.ValueType(msg.priority), msg.body
+    out.shed = msg.shed
 
 
 def _message_from_pb(m: pb.Message) -> f.Message:
@@ -193,6 +195,7 @@ def _message_from_pb(m: pb.Message) -> f.Message:
         m.client_msg_id,
         _priority(m.priority),
         m.body,
+        m.shed,
     )
 
 
@@ -204,6 +207,12 @@ def _shard_map_to_pb(sm: f.ShardMap, out: pb.ShardMap) -> None:
 
 def _shard_map_from_pb(m: pb.ShardMap) -> f.ShardMap:
     return f.ShardMap(m.room, m.epoch, tuple(m.shards), _clock_from_pb(m.sealed), m.base_sum)
+
+
+def encode_tombstone(shard: int, seq: int) -> bytes:
+    """A shed message as the client sees it: just where it was, marked shed."""
+    out = pb.Message(shard=shard, seq=seq, shed=True)
+    return out.SerializeToString()
 
 
 def encode_message(msg: f.Message) -> bytes:

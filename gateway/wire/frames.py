@@ -254,6 +254,7 @@ class Message:
     client_msg_id: str
     priority: Priority
     body: bytes
+    shed: bool = False  # a tombstone: shed for this client (only shard and seq mean anything)
 
     def __post_init__(self) -> None:
         if self.seq < 1:

@@ -588,12 +588,17 @@ class Message(_message.Message):
     CLIENT_MSG_ID_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
+    SHED_FIELD_NUMBER: _builtins.int
     shard: _builtins.int
     seq: _builtins.int
     sender: _builtins.str
     client_msg_id: _builtins.str
     priority: Global___Priority.ValueType
     body: _builtins.bytes
+    shed: _builtins.bool
+    """A tombstone: this client was not sent the message (it was shed because the client fell
+    behind). Only shard and seq are set; the client counts it as skipped and never fetches it.
+    """
     @_builtins.property
     def deps(self) -> Global___VectorClock: ...
     def __init__(
@@ -606,10 +611,11 @@ class Message(_message.Message):
         client_msg_id: _builtins.str = ...,
         priority: Global___Priority.ValueType = ...,
         body: _builtins.bytes = ...,
+        shed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deps", b"deps"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "client_msg_id", b"client_msg_id", "deps", b"deps", "priority", b"priority", "sender", b"sender", "seq", b"seq", "shard", b"shard"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "client_msg_id", b"client_msg_id", "deps", b"deps", "priority", b"priority", "sender", b"sender", "seq", b"seq", "shard", b"shard", "shed", b"shed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

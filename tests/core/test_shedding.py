@@ -1,0 +1,80 @@
+"""Backpressure: priority shedding for connections over budget, and slow-consumer disconnects."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.core.config import CoreConfig
+from gateway.core.hub import Close, Hub, Persist, plan_shedding
+from gateway.errors import ErrorCode
+from gateway.wire import frames as f
+from tests.core.test_hub import Peer, pump, tick
+
+priorities = st.lists(st.sampled_from(list(f.Priority)), max_size=200)
+
+
+@given(priorities, st.integers(0, 10_000_000), st.integers(1, 1_000_000))
+def test_never_sheds_a_higher_priority_while_a_lower_one_is_kept(
+    batch: list[f.Priority], backlog: int, budget: int
+) -> None:
+    keep = plan_shedding(batch, backlog, budget)
+    assert len(keep) == len(batch)  # the plan is the batch's size: nothing else is held
+    kept = [p for p, k in zip(batch, keep, strict=True) if k]
+    shed = [p for p, k in zip(batch, keep, strict=True) if not k]
+    assert f.Priority.HIGH not in shed
+    if kept and shed:
+        assert max(shed) < min(kept)
+    if backlog < budget:
+        assert not shed
+
+
+def test_a_congested_connection_gets_tombstones_and_a_skipped_count() -> None:
+    hub = Hub(CoreConfig(send_budget_bytes=1000))
+    pub, fast, slow = Peer(hub, 1, "pub"), Peer(hub, 2, "fast"), Peer(hub, 3, "slow")
+    peers = [pub, fast, slow]
+    for p in peers:
+        p.send(f.Join(1, "r"))
+    pump(hub, peers)
+    hub.report_backlog(3, 2500, 0.0)  # over twice the budget: only HIGH gets through
+    pub.send(f.Publish(2, "r", "c", b"chatter", f.Priority.CHATTER))
+    pub.send(f.Publish(3, "r", "n", b"normal", f.Priority.NORMAL))
+    pub.send(f.Publish(4, "r", "h", b"gift", f.Priority.HIGH))
+    (persist,) = [o for o in hub._outputs if isinstance(o, Persist)]  # the gift is reliable
+    hub.persisted("r", persist.entries, 0.0)
+    hub.flush(0.1)
+    pump(hub, peers)
+    (full,) = fast.take(f.Deliver)
+    assert [m.body for m in full.messages] == [b"chatter", b"normal", b"gift"]
+    (thin,) = slow.take(f.Deliver)
+    assert [(m.seq, m.shed, m.body) for m in thin.messages] == [
+        (1, True, b""),
+        (2, True, b""),
+        (3, False, b"gift"),
+    ]
+    assert thin.skipped == 2
+    assert hub.stats.shed["chatter"] == 1 and hub.stats.shed["normal"] == 1
+
+
+def test_slow_consumers_are_disconnected_and_recovered_ones_are_not() -> None:
+    hub = Hub(CoreConfig(send_budget_bytes=1000, slow_consumer_s=2.0))
+    slow, better = Peer(hub, 1, "slow"), Peer(hub, 2, "better")
+    hub.report_backlog(1, 5000, 0.0)
+    hub.report_backlog(2, 5000, 0.0)
+    assert sorted(hub.congested()) == [1, 2]
+    tick(hub, [slow, better], 1.0)
+    hub.report_backlog(2, 100, 1.0)  # drained below half the budget
+    for t in (1.5, 2.0, 2.5):
+        tick(hub, [slow, better], t)
+    assert slow.closed == ErrorCode.SLOW_CONSUMER and better.closed is None
+    assert slow.take(f.Error)[0].code == ErrorCode.SLOW_CONSUMER
+
+
+def test_a_runaway_backlog_is_cut_at_once() -> None:
+    hub = Hub(CoreConfig(max_backlog_bytes=10_000))
+    p = Peer(hub, 1, "p")
+    hub.report_backlog(1, 10_001, 0.0)
+    outs = hub.take_outputs()
+    assert any(isinstance(o, Close) and o.code == ErrorCode.SLOW_CONSUMER for o in outs)
+    assert hub.session_count == 0
+    del p
