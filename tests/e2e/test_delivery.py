@@ -43,7 +43,7 @@ async def test_reliable_messages_survive_chatter_and_a_frozen_consumer(
     server = GatewayServer(server_config(certs, core))
     await server.start()
     url = chat_url(server)
-    frozen = subprocess.Popen(
+    frozen = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once; we signal it
         [sys.executable, "-c", SUBSCRIBER, url, str(ca_file)],
         stdout=subprocess.PIPE,
         text=True,
