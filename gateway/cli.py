@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ DEFAULT_CA = Path("certs/ca.pem")
 def _serve(args: argparse.Namespace) -> int:
     from gateway.server.app import run
     from gateway.server.config import load_config
+    from gateway.server.logs import setup_logging
 
     try:
         config = load_config(
@@ -31,9 +31,10 @@ def _serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"skein serve: bad configuration: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    log_format = args.log_format
+    if log_format == "auto":  # a person at a terminal reads text; collectors read JSON
+        log_format = "text" if sys.stderr.isatty() else "json"
+    setup_logging(config.log_level, json=log_format == "json")
     try:
         asyncio.run(run(config))
     except FileNotFoundError as exc:
@@ -143,6 +144,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--key", type=Path, help="PEM private key (default certs/server.key)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
+        "--log-format",
+        choices=["auto", "json", "text"],
+        default="auto",
+        help="log lines as JSON or text (default auto: text on a terminal, JSON otherwise)",
+    )
+    serve.add_argument(
         "--admin-port",
         type=int,
         help="TCP port for /healthz, /readyz, /metrics and the browser page (default 9433; "
@@ -170,6 +177,19 @@ def _parser() -> argparse.ArgumentParser:
     rooms.add_argument("room", nargs="*", help="rooms to show (default: all)")
     client_flags(rooms)
     rooms.set_defaults(run=lambda a: asyncio.run(_rooms(a)))
+
+    from gateway import top
+
+    top_parser = sub.add_parser(
+        "top",
+        help="a live view of a gateway: connections, migrations, rates, rooms and shards",
+        description=(
+            "Watch one gateway: counters and rates from /metrics on its admin port, rooms over "
+            "HTTP/3. --once prints one frame and exits."
+        ),
+    )
+    top.add_arguments(top_parser)
+    top_parser.set_defaults(run=top.run_args)
     return parser
 
 

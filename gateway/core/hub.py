@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import secrets
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ from gateway.wire.framing import delimit
 __all__ = ["CAPABILITIES", "Close", "Hub", "Output", "Persist", "RoomInfo", "Send"]
 
 CAPABILITIES = ("lz4",)
+_PRIORITY_NAMES = {p: p.name.lower() for p in f.Priority}  # stats keys, named once
 _MAX_BATCH_BYTES = 1 << 20  # one Deliver/Fetched frame stays below this (clients allow 16 MiB)
 
 
@@ -99,6 +101,9 @@ class Hub:
         self._dirty: set[str] = set()
         self._flush_at: float | None = None
         self._checks: dict[str, float] = {}
+        # When each room's pending messages arrived, oldest first: one per entry Room.publish
+        # appends to the room's pending list (as bounded as that), dropped as fan-out takes them.
+        self._arrivals: dict[str, deque[float]] = {}
         # Connections over their send budget, and since when (virtual time).
         self._congested: dict[int, float] = {}
         self._watch_at: float | None = None  # next look at congested connections
@@ -278,6 +283,16 @@ class Hub:
     def session_count(self) -> int:
         return len(self._sessions)
 
+    @property
+    def send_queue_bytes(self) -> int:
+        """Bytes waiting on every session's connection, as last reported to report_backlog."""
+        return sum(s.backlog for s in self._sessions.values())
+
+    @property
+    def send_queue_max_bytes(self) -> int:
+        """The largest one connection's backlog, as last reported (0 with no sessions)."""
+        return max((s.backlog for s in self._sessions.values()), default=0)
+
     # ---- frame handlers -------------------------------------------------------------------------
 
     def _on_hello(self, session: Session, frame: f.Hello, now: float) -> None:
@@ -324,6 +339,7 @@ class Hub:
                 incarnation=secrets.randbits(63) or 1,
             )
             self._rooms[name] = room
+            self.stats.shards_opened += len(room.current_shards)
         return room
 
     def _on_join(self, session: Session, frame: f.Join, now: float) -> None:
@@ -389,6 +405,7 @@ class Hub:
                 return
         else:
             self.stats.published[frame.priority.name.lower()] += 1
+            self._arrivals.setdefault(room.name, deque()).append(now)
             if reliable:
                 assert published.entry is not None
                 key = (room.name, published.shard, published.seq)
@@ -489,9 +506,13 @@ class Hub:
 
     def _fan_out(self, room: Room, now: float) -> None:
         ready = room.take_pending()
+        arrived = self._take_arrivals(room.name, len(ready))
         counts: dict[int, int] = {}
+        priorities: dict[f.Priority, int] = {}
         for entry in ready:
-            counts[entry.message.shard] = counts.get(entry.message.shard, 0) + 1
+            m = entry.message
+            counts[m.shard] = counts.get(m.shard, 0) + 1
+            priorities[m.priority] = priorities.get(m.priority, 0) + 1
         for shard_id, count in counts.items():
             room.policy.observe(shard_id, count, now)
         if not ready or not room.subscribers:
@@ -500,7 +521,12 @@ class Hub:
         congested = self._congested
         behind = [c for c in everyone if c in congested] if congested else []
         served = tuple(c for c in everyone if c not in congested) if behind else everyone
-        self.stats.deliveries += len(ready) * len(served)
+        stats = self.stats
+        stats.deliveries += len(ready) * len(served)
+        for priority, count in priorities.items():
+            stats.delivered[_PRIORITY_NAMES[priority]] += count * len(served)
+        for at in arrived:
+            stats.fanout_wait_seconds.observe(now - at)
         if served:
             self._fan_out_shared(room.name, [e.encoded for e in ready], served)
         for conn_id in behind:
@@ -514,6 +540,7 @@ class Hub:
             deliver = encode_deliver(room, batch)
             stats.batches += 1
             stats.batch_messages += len(batch)
+            stats.batch_size_messages.observe(len(batch))
             if len(deliver) < self.config.lz4_min_bytes:
                 self._send_all(conn_ids, delimit(deliver_frame(deliver)))
                 continue
@@ -544,6 +571,7 @@ class Hub:
             m = entry.message
             if kept:
                 items.append(entry.encoded)
+                self.stats.delivered[_PRIORITY_NAMES[m.priority]] += 1
             else:
                 items.append(encode_tombstone(m.shard, m.seq))
                 session.shed += 1
@@ -553,6 +581,16 @@ class Hub:
             data = delimit(deliver_frame(encode_deliver(room, batch, session.shed)))
             session.shed = 0
             self._send_all((session.conn_id,), data)
+
+    def _take_arrivals(self, room_name: str, count: int) -> list[float]:
+        """When the ``count`` oldest pending messages of a room arrived; forgets them."""
+        arrivals = self._arrivals.get(room_name)
+        if arrivals is None:
+            return []
+        taken = [arrivals.popleft() for _ in range(min(count, len(arrivals)))]
+        if not arrivals:
+            del self._arrivals[room_name]
+        return taken
 
     def _send_all(self, conn_ids: tuple[int, ...], data: bytes) -> None:
         self.stats.bytes_out += len(data) * len(conn_ids)
@@ -568,6 +606,8 @@ class Hub:
                 self.stats.splits += 1
             else:
                 self.stats.merges += 1
+            self.stats.shards_sealed += len(room.current_shards)
+            self.stats.shards_opened += count
             shard_map = room.reshard(count, now)
             if room.subscribers:
                 data = delimit(encode_server_frame(shard_map))

@@ -144,11 +144,10 @@ class HubStats:
     # batch being handed to connections, one observation per message that reached at least one
     # subscriber. tick_ms bounds it on the live path; the reliable path adds the store's commit.
     fanout_wait_seconds: Histogram = field(default_factory=_latency)
-    # The delivery engine's: messages x recipients delivered, by priority name (sums to
-    # ``deliveries`` once every delivery is counted by priority); messages x recipients shed
-    # under pressure, by priority name; sessions closed for falling too far behind.
+    # Messages x recipients delivered, by priority name (sums to ``deliveries``), and shed for
+    # connections over their send budget (a tombstone went instead), by priority name.
+    # Slow-consumer disconnects need no field: they are ``errors["SLOW_CONSUMER"]``.
     delivered: Counter[str] = field(default_factory=Counter)
     shed: Counter[str] = field(default_factory=Counter)
-    slow_consumer_closes: int = 0
     # The store's: how long each commit (write + fsync of a batch) took.
     store_commit_seconds: Histogram = field(default_factory=_store)

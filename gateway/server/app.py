@@ -24,6 +24,7 @@ from aioquic.tls import SessionTicket
 from gateway.core.hub import Close, Hub, Output, Persist, Send
 from gateway.server.admin import AdminServer, Reply
 from gateway.server.config import ServerConfig
+from gateway.server.metrics import install as install_metrics
 from gateway.server.protocol import GatewayProtocol
 
 __all__ = ["GatewayServer", "run"]
@@ -84,6 +85,7 @@ class GatewayServer:
             self.admin = AdminServer(config.admin_host, config.admin_port)
             self.admin.routes["/healthz"] = lambda _: Reply(200, "text/plain", b"ok\n")
             self.admin.routes["/readyz"] = self._readyz
+        self.metrics = install_metrics(self)  # GET /metrics on the admin port
 
     # ---- lifecycle ------------------------------------------------------------------------------
 

@@ -222,22 +222,23 @@ class GatewayCollector:
         )
         yield _labelled_counter(
             "skein_messages_out_total",
-            "Deliveries (messages x recipients) by priority, as the delivery engine counts them.",
+            "Deliveries (messages x recipients) by priority.",
             "priority",
             stats.delivered,
             _PRIORITIES,
         )
         yield _labelled_counter(
             "skein_shed_messages_total",
-            "Deliveries (messages x recipients) dropped under pressure, by priority.",
+            "Deliveries shed for connections over their send budget (a tombstone went "
+            "instead), by priority.",
             "priority",
             stats.shed,
             _PRIORITIES,
         )
         yield _counter(
             "skein_slow_consumer_disconnects_total",
-            "Sessions closed for falling too far behind.",
-            stats.slow_consumer_closes,
+            "Sessions closed for falling too far behind (the SLOW_CONSUMER errors).",
+            stats.errors["SLOW_CONSUMER"],
         )
 
     def _fan_out(self, stats: HubStats) -> Iterator[Metric]:
@@ -280,8 +281,8 @@ class GatewayCollector:
     def _queues_and_store(self, stats: HubStats) -> Iterator[Metric]:
         owners = (self._server.hub, self._server)
         for name, doc in (
-            ("send_queue_bytes", "Bytes queued for clients, all connections."),
-            ("send_queue_max_bytes", "Bytes queued for the most backed-up connection."),
+            ("send_queue_bytes", "Bytes queued or unacknowledged, all connections."),
+            ("send_queue_max_bytes", "Bytes queued or unacknowledged, the most backed-up one."),
         ):
             family = GaugeMetricFamily(f"skein_{name}", doc)
             value = _optional_number(owners, name)
