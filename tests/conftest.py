@@ -11,6 +11,7 @@ from gateway.core.config import CoreConfig
 from gateway.server.app import GatewayServer
 from gateway.server.certs import CertPaths, ensure_dev_certs
 from gateway.server.config import ServerConfig
+from gateway.store.base import StoreConfig
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +28,7 @@ def server_config(certs: CertPaths, core: CoreConfig | None = None, **kw: object
         "private_key_file": certs.key,
         "core": core or CoreConfig(),
         "admin_port": 0,
+        "store": StoreConfig(kind="memory"),
     }
     fields.update(kw)
     return ServerConfig(**fields)  # type: ignore[arg-type]

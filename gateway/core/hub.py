@@ -38,7 +38,17 @@ from gateway.wire.codec import (
 )
 from gateway.wire.framing import delimit
 
-__all__ = ["CAPABILITIES", "Close", "Hub", "Output", "Persist", "RoomInfo", "Send"]
+__all__ = [
+    "CAPABILITIES",
+    "Close",
+    "Hub",
+    "Output",
+    "Persist",
+    "RoomChanged",
+    "RoomInfo",
+    "Send",
+    "StoreRead",
+]
 
 CAPABILITIES = ("lz4",)
 _PRIORITY_NAMES = {p: p.name.lower() for p in f.Priority}  # stats keys, named once
@@ -64,6 +74,32 @@ class Persist:
 
 
 @dataclass(frozen=True, slots=True)
+class RoomChanged:
+    """(Durable hubs) Record a room, or its new epoch, in the store: ``created`` for a new room
+    (store its incarnation and mode too), else a split or merge made ``shard_map``."""
+
+    room: str
+    incarnation: int
+    mode: str
+    shard_map: f.ShardMap
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRead:
+    """(Durable hubs) Serve ``from_seq..to_seq`` of a shard from the store to one connection:
+    as a Fetched answer to ``request_id``, or, with request_id 0, as a Deliver replay. Seqs the
+    store never held (chatter) go as tombstones, so the client passes over them."""
+
+    conn_id: int
+    room: str
+    shard: int
+    from_seq: int
+    to_seq: int
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     """End this connection's session with an error code (the Error frame was already sent)."""
 
@@ -72,7 +108,7 @@ class Close:
     reason: str
 
 
-Output = Send | Close | Persist
+Output = Send | Close | Persist | RoomChanged | StoreRead
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +127,11 @@ class RoomInfo:
 class Hub:
     """Sessions, rooms and fan-out for one gateway process. See the module docstring."""
 
-    def __init__(self, config: CoreConfig | None = None) -> None:
+    def __init__(self, config: CoreConfig | None = None, *, durable: bool = False) -> None:
+        """``durable``: a store keeps rooms and reliable messages across restarts; the hub then
+        emits RoomChanged and serves what its memory no longer holds through StoreRead."""
         self.config = config or CoreConfig()
+        self.durable = durable
         self._tick_s = self.config.tick_ms / 1000.0
         self.stats = HubStats()
         self._sessions: dict[int, Session] = {}
@@ -339,6 +378,7 @@ class Hub:
                 incarnation=secrets.randbits(63) or 1,
             )
             self._rooms[name] = room
+            self._room_changed(room, created=True)
             self.stats.shards_opened += len(room.current_shards)
         return room
 
@@ -355,8 +395,12 @@ class Hub:
         room = self._room_for_join(frame.room, frame.request_id, now)
         replay: list[bytes] = []
         missed = 0
+        older: list[tuple[int, int, int]] = []
         if frame.cursor is not None:
-            replay, missed = room.replay(frame.cursor)
+            replay, older = room.replay(frame.cursor)
+            if not self.durable:
+                missed = sum(to - lo + 1 for _, lo, to in older)
+                older = []
             self.stats.replayed += len(replay)
             self.stats.resumes += 1
         room.subscribers.add(session.conn_id)
@@ -365,6 +409,8 @@ class Hub:
             frame.request_id, room.name, room.shard_maps, missed, room.frontier(), room.incarnation
         )
         self._send_frame(session, joined)
+        for shard_id, lo, to in older:  # from the store first: the client orders them anyway
+            self._outputs.append(StoreRead(session.conn_id, room.name, shard_id, lo, to, 0))
         for batch in _batches(replay, _MAX_BATCH_BYTES):
             data = delimit(deliver_frame(encode_deliver(room.name, batch)))
             self._outputs.append(Send((session.conn_id,), data))
@@ -456,6 +502,43 @@ class Hub:
         if room is not None:
             self._mark_dirty(room, now)
 
+    def restore_room(
+        self,
+        name: str,
+        *,
+        incarnation: int,
+        mode: str,
+        maps: list[f.ShardMap],
+        high_water: dict[int, int],
+        next_shard_id: int,
+        now: float,
+    ) -> None:
+        """Take up a room from the durable store at startup (before any session exists)."""
+        room = Room(
+            name,
+            policy=make_policy(self.config.sharding),
+            now=now,
+            mode=RoomMode(mode),
+            log_messages=self.config.log_messages_per_shard,
+            epochs_kept=self.config.epochs_kept,
+            incarnation=incarnation,
+        )
+        room.restore(maps, high_water, next_shard_id, now)
+        self._rooms[name] = room
+
+    def high_water(self, name: str) -> dict[int, int]:
+        """The last seq each current shard of a room assigned (stored with each commit)."""
+        room = self._rooms.get(name)
+        if room is None:
+            return {}
+        return {s.id: s.last_seq for s in room.current_shards if s.last_seq}
+
+    def _room_changed(self, room: Room, *, created: bool) -> None:
+        if self.durable:
+            self._outputs.append(
+                RoomChanged(room.name, room.incarnation, room.mode.value, room.shard_map, created)
+            )
+
     def _mark_dirty(self, room: Room, now: float) -> None:
         self._dirty.add(room.name)
         if self._flush_at is None:
@@ -474,11 +557,25 @@ class Hub:
                 code=ErrorCode.OUT_OF_RANGE,
                 request_id=frame.request_id,
             )
+        if self.durable and frame.from_seq < shard.first_seq:
+            low_to = min(
+                frame.to_seq,
+                shard.first_seq - 1,
+                frame.from_seq + self.config.max_fetch_messages - 1,
+            )
+            self._outputs.append(
+                StoreRead(
+                    session.conn_id, room.name, shard.id, frame.from_seq, low_to, frame.request_id
+                )
+            )
+            self.stats.fetches += 1
+            if frame.to_seq < shard.first_seq or shard.first_seq > shard.last_seq:
+                return
         start = max(frame.from_seq, shard.first_seq)
         to_seq = min(frame.to_seq, start + self.config.max_fetch_messages - 1)
         entries = _capped(shard.entries(start, to_seq), _MAX_BATCH_BYTES)
         self.stats.fetches += 1
-        first = shard.first_seq if frame.from_seq < shard.first_seq else 0
+        first = shard.first_seq if frame.from_seq < shard.first_seq and not self.durable else 0
         fetched = f.Fetched(
             frame.request_id, room.name, shard.id, tuple(e.message for e in entries), first
         )
@@ -609,6 +706,7 @@ class Hub:
             self.stats.shards_sealed += len(room.current_shards)
             self.stats.shards_opened += count
             shard_map = room.reshard(count, now)
+            self._room_changed(room, created=False)
             if room.subscribers:
                 data = delimit(encode_server_frame(shard_map))
                 self._outputs.append(Send(tuple(room.subscribers), data))

@@ -237,19 +237,43 @@ class Room:
             )
         return shard
 
-    def replay(self, cursor: Cursor) -> tuple[list[bytes], int]:
-        """Encoded messages after ``cursor`` from every retained shard, and how many are gone.
+    def replay(self, cursor: Cursor) -> tuple[list[bytes], list[tuple[int, int, int]]]:
+        """What follows ``cursor``: the encoded messages the shard logs hold, and the ranges
+        ``(shard, from_seq, to_seq)`` they no longer hold (in the durable store, or gone).
 
         A cursor of another incarnation of the room means nothing here: everything retained is
         replayed (the client starts the room afresh).
         """
         out: list[bytes] = []
-        missed = 0
+        older: list[tuple[int, int, int]] = []
         stale = cursor.incarnation not in (0, self.incarnation)
         for shard in self._shards.values():
             after = 0 if stale else cursor.delivered.get(shard.id, 0)
             if after >= shard.last_seq:
                 continue
-            missed += max(0, shard.first_seq - after - 1)
+            if shard.first_seq > after + 1:
+                older.append((shard.id, after + 1, shard.first_seq - 1))
             out.extend(e.encoded for e in shard.entries(after + 1, shard.last_seq))
-        return out, missed
+        return out, older
+
+    def restore(
+        self, maps: list[ShardMap], high_water: Mapping[int, int], next_shard_id: int, now: float
+    ) -> None:
+        """Take up the room as a restarted gateway found it in the durable store.
+
+        ``maps`` end with the restart epoch, whose shards start empty; every earlier shard is
+        sealed at its high-water mark with an empty in-memory log (the store serves it).
+        """
+        kept = maps[-(self._maps.maxlen or len(maps)) :]
+        self._maps.clear()
+        self._shards.clear()
+        for shard_map in kept:
+            self._maps.append(shard_map)
+            for shard_id in shard_map.shards:
+                shard = Shard(shard_id, log_messages=self._log_messages)
+                shard.last_seq = shard.notified_seq = high_water.get(shard_id, 0)
+                shard.sealed = shard_map is not kept[-1]
+                self._shards[shard_id] = shard
+        self._current = tuple(self._shards[s] for s in kept[-1].shards)
+        self._next_shard_id = next_shard_id
+        self.policy.reset([s.id for s in self._current], now)

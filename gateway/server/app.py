@@ -21,11 +21,12 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
 from aioquic.tls import SessionTicket
 
-from gateway.core.hub import Close, Hub, Output, Persist, Send
+from gateway.core.hub import Close, Hub, Output, Persist, RoomChanged, Send, StoreRead
 from gateway.server.admin import AdminServer, Reply
 from gateway.server.config import ServerConfig
 from gateway.server.metrics import install as install_metrics
 from gateway.server.protocol import GatewayProtocol
+from gateway.server.storage import Durability
 
 __all__ = ["GatewayServer", "run"]
 
@@ -65,12 +66,14 @@ class GatewayServer:
 
     def __init__(self, config: ServerConfig, *, hub: Hub | None = None) -> None:
         self.config = config
-        self.hub = hub or Hub(config.core)
+        self.hub = hub or Hub(config.core, durable=True)
+        self.durability = Durability(config.store)
         self.migrations: collections.Counter[str] = collections.Counter()
         # Connection-level counters: "handshakes", "connections_closed", "sessions_refused".
         self.counters: collections.Counter[str] = collections.Counter()
         self.address: tuple[str, int] = (config.host, config.port)
         self._routes: dict[int, _Route] = {}
+        self._reads: set[asyncio.Task[None]] = set()
         self._budget = config.core.send_budget_bytes
         self._next_conn_id = 1
         self._protocols: set[GatewayProtocol] = set()
@@ -111,6 +114,13 @@ class GatewayServer:
     async def start(self) -> None:
         """Bind the UDP socket and start serving. ``self.address`` is the bound address."""
         self._loop = asyncio.get_running_loop()
+        restored = await self.durability.open(self.hub, self.now())
+        if restored:
+            log.info(
+                "restored %d rooms from the store",
+                restored,
+                extra={"event": "rooms_restored", "count": restored},
+            )
         self._server = await serve(
             self.config.host,
             self.config.port,
@@ -156,6 +166,9 @@ class GatewayServer:
                 if transport is None or transport.get_extra_info("socket").fileno() == -1:
                     break
                 await asyncio.sleep(0)
+        for task in list(self._reads):
+            task.cancel()
+        await self.durability.close()  # commits whatever was submitted
 
     def now(self) -> float:
         assert self._loop is not None
@@ -223,10 +236,29 @@ class GatewayServer:
     # ---- outputs and the timer ------------------------------------------------------------------
 
     def _persist(self, batch: list[Persist]) -> None:
-        """No durable store: messages count as stored once sequenced (documented as such)."""
-        now = self.now()
-        for item in batch:
-            self.hub.persisted(item.room, item.entries, now)
+        """One group commit for the batch; the hub hears back (and we pump) when it is durable."""
+        self.durability.persist(self.hub, batch, self._pump)
+
+    def _store_read(self, read: StoreRead) -> None:
+        """Answer from the store, off the loop; the frames go to the connection when ready."""
+
+        async def run() -> None:
+            try:
+                data = await self.durability.serve_read(read)
+            except Exception:
+                log.exception(
+                    "store read failed", extra={"event": "store_read_failed", "room": read.room}
+                )
+                return
+            route = self._routes.get(read.conn_id)
+            if route is not None:
+                route.protocol.send_frames(route.stream_id, data)
+                route.protocol.transmit()
+
+        assert self._loop is not None
+        task = self._loop.create_task(run())
+        self._reads.add(task)
+        task.add_done_callback(self._reads.discard)
 
     def _pump(self) -> None:
         touched: set[GatewayProtocol] = set()
@@ -270,8 +302,12 @@ class GatewayServer:
                     )
                     route.protocol.finish_session(route.stream_id)
                     touched.add(route.protocol)
-            else:
+            elif isinstance(output, Persist):
                 persists.append(output)
+            elif isinstance(output, RoomChanged):
+                self.durability.room_changed(output)
+            elif isinstance(output, StoreRead):
+                self._store_read(output)
         return persists
 
     def _arm_timer(self) -> None:

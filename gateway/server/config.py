@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.core.config import CoreConfig
 from gateway.core.sharder import ShardingConfig
+from gateway.store.base import StoreConfig
 
 __all__ = ["DEFAULT_CERT_DIR", "ServerConfig", "load_config"]
 
@@ -49,6 +50,7 @@ class ServerConfig:
     admin_host: str = "127.0.0.1"
     admin_port: int = 9433
     core: CoreConfig = field(default_factory=CoreConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -71,7 +73,7 @@ def _build(cls: type[Any], table: dict[str, Any], where: str) -> Any:
             f"unknown key(s) in [{where}]: {', '.join(unknown)}; known: {', '.join(sorted(names))}"
         )
     kwargs = dict(table)
-    for key in ("certificate_file", "private_key_file"):
+    for key in ("certificate_file", "private_key_file", "path"):
         if key in kwargs:
             kwargs[key] = Path(kwargs[key])
     return cls(**kwargs)
@@ -86,15 +88,20 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServerConfig:
     if path is not None:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
-    unknown = sorted(set(data) - {"server", "core"})
+    unknown = sorted(set(data) - {"server", "core", "store"})
     if unknown:
-        raise ValueError(f"unknown table(s) in {path}: {', '.join(unknown)}; known: server, core")
+        raise ValueError(
+            f"unknown table(s) in {path}: {', '.join(unknown)}; known: server, core, store"
+        )
     core_table = dict(data.get("core", {}))
     sharding = _build(ShardingConfig, core_table.pop("sharding", {}), "core.sharding")
     core = _build(CoreConfig, {**core_table, "sharding": sharding}, "core")
+    store = _build(StoreConfig, dict(data.get("store", {})), "store")
     server_table = {
         **data.get("server", {}),
         **{k: v for k, v in overrides.items() if v is not None},
     }
-    config: ServerConfig = _build(ServerConfig, {**server_table, "core": core}, "server")
+    config: ServerConfig = _build(
+        ServerConfig, {**server_table, "core": core, "store": store}, "server"
+    )
     return config

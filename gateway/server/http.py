@@ -2,23 +2,31 @@
 
 - ``GET /v1/rooms``: the rooms this gateway holds.
 - ``GET /v1/rooms/{room}``: a room's shard map and velocities.
+- ``GET /v1/rooms/{room}/messages?after=<cursor>&limit=N``: stored (reliable) messages after a
+  cursor (``shard:seq,shard:seq``; empty for the start), in the order they were stored, at most
+  N (1..1000). Protobuf (a ServerFrame with a Deliver) unless ``Accept: application/json``; the
+  next cursor is in the ``skein-next-cursor`` header (and in the JSON body).
 
-Answers are JSON. Routing is a table of (method, pattern) -> handler.
+Routing is a table of (method, pattern) -> handler; a handler may answer later (an awaitable).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
+
+from gateway.wire.codec import encode_server_frame
+from gateway.wire.frames import Deliver
 
 if TYPE_CHECKING:
     from gateway.server.app import GatewayServer
 
-__all__ = ["Response", "handle_request"]
+__all__ = ["Response", "format_cursor", "handle_request", "parse_cursor"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,17 +34,37 @@ class Response:
     status: int
     content_type: str
     body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+Answer = Response | Awaitable[Response]
+Handler = Callable[["GatewayServer", re.Match[str], str, str], Answer]
 
 
 def _json(status: int, value: Any) -> Response:
     return Response(status, "application/json", json.dumps(value, sort_keys=True).encode())
 
 
-def _rooms(gateway: GatewayServer, match: re.Match[str], accept: str) -> Response:
+def parse_cursor(text: str) -> dict[int, int]:
+    """``"3:17,4:9"`` -> ``{3: 17, 4: 9}``. Raises ValueError saying what is wrong."""
+    cursor: dict[int, int] = {}
+    for part in filter(None, text.split(",")):
+        shard, _, seq = part.partition(":")
+        if not (shard.isdigit() and seq.isdigit()):
+            raise ValueError(f"bad cursor entry {part!r}: use shard:seq,shard:seq")
+        cursor[int(shard)] = int(seq)
+    return cursor
+
+
+def format_cursor(cursor: dict[int, int]) -> str:
+    return ",".join(f"{shard}:{seq}" for shard, seq in sorted(cursor.items()))
+
+
+def _rooms(gateway: GatewayServer, match: re.Match[str], accept: str, query: str) -> Answer:
     return _json(200, {"rooms": gateway.hub.room_names()})
 
 
-def _room(gateway: GatewayServer, match: re.Match[str], accept: str) -> Response:
+def _room(gateway: GatewayServer, match: re.Match[str], accept: str, query: str) -> Answer:
     name = unquote(match["room"])
     info = gateway.hub.room_info(name, gateway.now())
     if info is None:
@@ -47,24 +75,66 @@ def _room(gateway: GatewayServer, match: re.Match[str], accept: str) -> Response
     return _json(200, value)
 
 
-_ROUTES: list[
-    tuple[str, re.Pattern[str], Callable[[GatewayServer, re.Match[str], str], Response]]
-] = [
+def _history(gateway: GatewayServer, match: re.Match[str], accept: str, query: str) -> Answer:
+    name = unquote(match["room"])
+    params = parse_qs(query)
+    try:
+        after = parse_cursor(params.get("after", [""])[0])
+        limit = int(params.get("limit", ["100"])[0])
+    except ValueError as exc:
+        return _json(400, {"error": str(exc)})
+    if not 1 <= limit <= 1000:
+        return _json(400, {"error": "limit must be 1..1000"})
+    return _history_page(gateway, name, after, limit, "application/json" in accept)
+
+
+async def _history_page(
+    gateway: GatewayServer, name: str, after: dict[int, int], limit: int, as_json: bool
+) -> Response:
+    page = await gateway.durability.history(name, after, limit)
+    cursor = format_cursor(page["next"])
+    messages = [m.to_message() for m in page["messages"]]
+    if as_json:
+        return _json(
+            200,
+            {
+                "room": name,
+                "next": cursor,
+                "messages": [
+                    {
+                        "shard": m.shard,
+                        "seq": m.seq,
+                        "sender": m.sender,
+                        "client_msg_id": m.client_msg_id,
+                        "priority": m.priority.name.lower(),
+                        "deps": {str(k): v for k, v in m.deps.items()},
+                        "body": base64.b64encode(m.body).decode(),
+                    }
+                    for m in messages
+                ],
+            },
+        )
+    body = encode_server_frame(Deliver(name, tuple(messages)))
+    return Response(200, "application/x-protobuf", body, (("skein-next-cursor", cursor),))
+
+
+_ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
     ("GET", re.compile(r"/v1/rooms"), _rooms),
     ("GET", re.compile(r"/v1/rooms/(?P<room>[^/?]+)"), _room),
+    ("GET", re.compile(r"/v1/rooms/(?P<room>[^/?]+)/messages"), _history),
 ]
 
 
-def handle_request(gateway: GatewayServer, method: str, path: str, accept: str) -> Response:
-    """Answer one request. Unknown paths get 404, known paths with another method 405."""
-    bare = path.split("?", 1)[0]
+def handle_request(gateway: GatewayServer, method: str, path: str, accept: str) -> Answer:
+    """Answer one request, now or later. Unknown paths get 404, other methods 405."""
+    bare, _, query = path.partition("?")
     allowed = False
     for route_method, pattern, handler in _ROUTES:
         match = pattern.fullmatch(bare)
         if match is None:
             continue
         if route_method == method:
-            return handler(gateway, match, accept)
+            return handler(gateway, match, accept, query)
         allowed = True
     if allowed:
         return _json(405, {"error": f"{method} is not allowed on {bare}"})

@@ -7,6 +7,8 @@ client opens in it carries the session's frames both ways. Other HTTP/3 requests
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -129,17 +131,28 @@ class GatewayProtocol(QuicConnectionProtocol):
             self._end_session(self._sessions[event.stream_id])
             return
         accept = headers.get(b"accept", b"").decode("ascii", "replace")
-        response = http.handle_request(
-            self.gateway, method.decode("ascii", "replace"), path, accept
-        )
-        self._send_headers(
-            event.stream_id,
-            response.status,
-            end_stream=False,
-            extra=[(b"content-type", response.content_type.encode())],
-        )
+        answer = http.handle_request(self.gateway, method.decode("ascii", "replace"), path, accept)
+        if isinstance(answer, http.Response):
+            self._respond(event.stream_id, answer)
+        else:
+            task = asyncio.ensure_future(answer)
+            task.add_done_callback(functools.partial(self._respond_later, event.stream_id))
+
+    def _respond_later(self, stream_id: int, task: asyncio.Future[http.Response]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            log.error("request failed: %r", None if task.cancelled() else task.exception())
+            response = http.Response(500, "application/json", b'{"error": "internal error"}')
+        else:
+            response = task.result()
+        if self._h3 is not None:
+            self._respond(stream_id, response)
+
+    def _respond(self, stream_id: int, response: http.Response) -> None:
+        extra = [(b"content-type", response.content_type.encode())]
+        extra += [(k.encode(), v.encode()) for k, v in response.headers]
+        self._send_headers(stream_id, response.status, end_stream=False, extra=extra)
         assert self._h3 is not None
-        self._h3.send_data(event.stream_id, response.body, end_stream=True)
+        self._h3.send_data(stream_id, response.body, end_stream=True)
         self.transmit()
 
     def _send_headers(

@@ -1,0 +1,93 @@
+"""What a restarted gateway resumes from: each stored room, sealed and moved to a fresh epoch.
+
+Chatter is never stored, so after a crash no shard can be trusted to continue its seqs exactly.
+Instead nothing is ever renumbered: every shard of a room's last stored epoch is sealed at its
+high-water mark (the last seq it is known to have assigned), and the room starts a new epoch with
+shard ids above every id it ever used, exactly as a split or merge would. Clients see one more
+epoch change; their cursors (same incarnation) stay valid, and the gap between what they hold and
+the sealed seqs is what they fetch from history.
+
+For this to be exact the server must let nothing out that the store has not recorded: a shard
+map only after its epoch is stored, and a message (of any priority) only after a high-water mark
+at or above its seq is stored (see docs/architecture.md, "Durability").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from gateway.errors import LocalProtocolError
+from gateway.store.base import Store
+from gateway.store.records import EpochRecord, RoomRecord
+
+__all__ = ["RecoveredRoom", "recover", "restart_epoch"]
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredRoom:
+    """One room as a restarted gateway takes it up.
+
+    ``epochs`` are its retained shard maps, oldest first, ending with the restart epoch (already
+    stored) whose shards the room sequences from now on, each from seq 1. ``high_water`` is the
+    marks as they were found (the sealed shards' last seqs among them). ``next_shard_id`` is the
+    first id the room may give a new shard.
+    """
+
+    room: RoomRecord
+    epochs: tuple[EpochRecord, ...]
+    high_water: Mapping[int, int]
+    next_shard_id: int
+
+    @property
+    def current(self) -> EpochRecord:
+        return self.epochs[-1]
+
+
+def restart_epoch(
+    room: str,
+    epochs: Sequence[EpochRecord],
+    high_water: Mapping[int, int],
+    shard_count: int | None = None,
+) -> EpochRecord:
+    """The epoch after ``epochs[-1]`` that a restart starts: its shards sealed at their marks.
+
+    ``sealed`` holds the last epoch's shards with a mark above 0, ``base_sum`` grows by their sum
+    (as ``Room.reshard`` does), and the new shards (``shard_count`` of them; by default as many as
+    the last epoch had, else 1) take ids above every shard id in ``epochs`` and ``high_water``.
+    With no epoch stored the room starts at epoch 1 with nothing sealed.
+    """
+    last = epochs[-1] if epochs else None
+    count = shard_count or (len(last.shards) if last else 1)
+    if count < 1:
+        raise LocalProtocolError(f"a restart epoch needs at least one shard, got {count}")
+    known = [s for e in epochs for s in e.shards] + list(high_water)
+    first = max(known, default=0) + 1
+    if last is None:
+        return EpochRecord(room, 1, tuple(range(first, first + count)), {}, 0)
+    sealed = {s: high_water[s] for s in last.shards if high_water.get(s, 0) > 0}
+    return EpochRecord(
+        room,
+        last.epoch + 1,
+        tuple(range(first, first + count)),
+        sealed,
+        last.base_sum + sum(sealed.values()),
+    )
+
+
+def recover(store: Store, *, shard_count: int | None = None) -> list[RecoveredRoom]:
+    """Seal every stored room's last epoch and store its restart epoch; return the rooms.
+
+    Call once at startup, before the gateway takes traffic and before a
+    :class:`~gateway.store.writer.StoreWriter` owns ``store`` (or through ``writer.call``). Each
+    restart epoch is stored (durable) before this returns, so a second crash seals it in turn.
+    Rooms are in name order. Raises StoreError if the store fails.
+    """
+    recovered = []
+    for record in store.rooms():
+        epochs = store.epochs(record.room)
+        marks = store.high_water(record.room)
+        new = restart_epoch(record.room, epochs, marks, shard_count)
+        store.put_epoch(new)
+        recovered.append(RecoveredRoom(record, (*epochs, new), marks, max(new.shards) + 1))
+    return recovered
