@@ -7,10 +7,10 @@ PROTO  := schemas/skein/v1/frames.proto
 HOST   ?= 127.0.0.1
 PORT   ?= 4433
 
-.PHONY: help install certs proto lint test run demo bench clean
+.PHONY: help install certs proto lint test test-browser chromium fuzz run demo bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,11 +34,26 @@ lint: $(STAMP)  ## ruff (lint + format check) and mypy --strict
 	$(BIN)/ruff format --check gateway loadgen bench tests
 	$(BIN)/mypy
 
-test: $(STAMP) certs lint  ## lint, type-check and run the tests
+# The browser tests run in `make test` (~10 s; installing chromium the first time ~25 s). Without
+# chromium (no root, no apt) they are skipped with the reason instead of failing the run.
+test: $(STAMP) certs lint  ## lint, type-check and run the tests (the browser tests included)
+	@sh scripts/ensure-chromium.sh || echo "make test: no chromium: the browser tests will be skipped"
 	$(BIN)/python -m pytest -q
+
+fuzz: $(STAMP)  ## fuzz the decoder and the hub: 100,000 cases per test (about an hour)
+	SKEIN_FUZZ=1 $(BIN)/python -m pytest -q tests/fuzz
 
 bench: $(STAMP) certs  ## run the benchmark suite; prints a table, writes bench/results.json
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+demo: $(STAMP) certs  ## the main job: gateway + a load run across network handoffs (migration vs reconnect), report and plot
+	$(BIN)/python -m loadgen.demo
+
+chromium:  ## install Debian's chromium (for the browser tests) if it is missing; needs root
+	@sh scripts/ensure-chromium.sh
+
+test-browser: $(STAMP) certs chromium  ## only the browser tests: the chat page in headless Chromium (results/browser.png)
+	SKEIN_BROWSER_SCREENSHOT=results/browser.png $(BIN)/python -m pytest -q tests/browser
 
 run: $(STAMP) certs  ## serve on the embedded default (127.0.0.1:4433)
 	$(BIN)/skein serve --host $(HOST) --port $(PORT)

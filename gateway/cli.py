@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -59,7 +60,8 @@ async def _chat(args: argparse.Namespace) -> int:
 
     priority = Priority[args.priority.upper()]
     loop = asyncio.get_running_loop()
-    async with connect(args.url, name=args.name, **_client_options(args)) as client:
+    options = _client_options(args)
+    async with connect(args.url, name=args.name, token=args.token, **options) as client:
         await client.join(args.room)
         print(
             f"joined {args.room} as {args.name or 'anonymous'}; type a line to send it, Ctrl-D quits"
@@ -170,6 +172,11 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--room", default="lobby", help="room to join (default lobby)")
     chat.add_argument("--name", default="", help="your name in the room")
     chat.add_argument("--priority", default="normal", choices=["chatter", "normal", "high"])
+    chat.add_argument(
+        "--token",
+        default=os.environ.get("SKEIN_TOKEN", ""),
+        help="access token (JWT) from `skein token` (default $SKEIN_TOKEN)",
+    )
     client_flags(chat)
     chat.set_defaults(run=lambda a: asyncio.run(_chat(a)))
 
@@ -190,10 +197,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     top.add_arguments(top_parser)
     top_parser.set_defaults(run=top.run_args)
+
+    sub.add_parser(
+        "loadgen",
+        add_help=False,
+        help="mobile-like load across network handoffs: p50/p99/p999, loss, order "
+        "(skein loadgen --help)",
+    )
+
+    from gateway import tokens
+
+    token = sub.add_parser(
+        "token", help="mint a development access token (JWT)", description=tokens.DESCRIPTION
+    )
+    tokens.add_arguments(token)
+    token.set_defaults(run=tokens.run_args)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["loadgen"]:
+        # loadgen has its own parser and --help; every argument after "loadgen" is its own.
+        from loadgen.cli import main as loadgen_main
+
+        return loadgen_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         code: int = args.run(args)

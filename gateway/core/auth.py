@@ -199,11 +199,9 @@ _JWT_OPTIONS: Any = {
 }
 
 _CLAIM_ERRORS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
-    (jwt.MissingRequiredClaimError, "token lacks a required claim"),
     (jwt.InvalidAudienceError, "token is for another audience"),
     (jwt.InvalidIssuerError, "token is from another issuer"),
     (jwt.InvalidAlgorithmError, "token algorithm is not accepted"),
-    (jwt.InvalidSignatureError, "token signature does not verify"),
 )
 
 
@@ -306,7 +304,7 @@ class Authenticator:
         leeway = self._config.leeway_s
         exp = _number(claims, "exp")
         if exp is None:
-            raise _refuse("token lacks a required claim")
+            raise _refuse("token lacks the required claim 'exp'")
         if now >= exp + leeway:
             raise _refuse("token has expired")
         nbf = _number(claims, "nbf")
@@ -346,6 +344,8 @@ class Authenticator:
 
 
 def _describe(exc: jwt.PyJWTError) -> str:
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"token lacks the required claim {exc.claim!r}"
     for kind, reason in _CLAIM_ERRORS:
         if isinstance(exc, kind):
             return reason

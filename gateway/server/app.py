@@ -27,6 +27,7 @@ from gateway.server.config import ServerConfig
 from gateway.server.metrics import install as install_metrics
 from gateway.server.protocol import GatewayProtocol
 from gateway.server.storage import Durability
+from gateway.server.webapp import install as install_webapp
 
 __all__ = ["GatewayServer", "run"]
 
@@ -130,6 +131,17 @@ class GatewayServer:
             session_ticket_handler=self._tickets.add,
         )
         if self.admin is not None:
+            try:
+                # The certificate the QUIC server has just loaded: the page pins its hash.
+                install_webapp(
+                    self.admin,
+                    cert_file=self.config.certificate_file,
+                    quic_port=lambda: self.address[1],
+                    quic_host=lambda: self.address[0],
+                    chat_path=self.config.chat_path,
+                )
+            except OSError as exc:  # e.g. an install without schemas/: serve everything else
+                log.warning("the chat page is not served: %s", exc)
             await self.admin.start()
         self.ready = True
         transport = self._server._transport
@@ -348,6 +360,9 @@ async def run(config: ServerConfig, *, ready: asyncio.Event | None = None) -> No
         "Ctrl-C stops",
         flush=True,
     )
+    if server.admin is not None:
+        admin_host, admin_port = server.admin.address
+        print(f"skein: chat page at http://{admin_host}:{admin_port}/", flush=True)
     if ready is not None:
         ready.set()
     try:

@@ -7,14 +7,11 @@ session to the QUIC port. It pins the development certificate with ``serverCerti
 
 Routes (all GET, exact paths):
 
-====================================  ==========================================================
-``/``                                 the chat page (``gateway/web/index.html``)
-``/app.js``, ``/reconcile.js``        the page's code (ES modules, no build step)
-``/style.css``                        its style sheet
-``/vendor/protobuf.min.js``           protobuf.js, vendored (``gateway/web/README.md``)
-``/skein/v1/frames.proto``            the schema, parsed by the page at load time
-``/v1/cert-hash``                     ``{"host", "path", "port", "sha256"}`` (below)
-====================================  ==========================================================
+- ``/``: the chat page (``gateway/web/index.html``), and ``/style.css``;
+- ``/app.js``, ``/framing.js``, ``/reconcile.js``: its code, ES modules with no build step;
+- ``/vendor/protobuf.min.js``: protobuf.js, vendored (``gateway/web/README.md`` says which);
+- ``/skein/v1/frames.proto``: the schema, which the page parses when it loads;
+- ``/v1/cert-hash``: JSON ``{"host", "path", "port", "sha256"}`` (below).
 
 ``/v1/cert-hash`` answers ``sha256`` (hex SHA-256 of the DER certificate), ``port`` and ``path``
 of the WebTransport endpoint, and ``host``: the address the QUIC socket is bound to, or ``""``
@@ -47,6 +44,7 @@ _FILES: dict[str, tuple[Path, str]] = {
     "/": (WEB_DIR / "index.html", "text/html; charset=utf-8"),
     "/app.js": (WEB_DIR / "app.js", _JS),
     "/reconcile.js": (WEB_DIR / "reconcile.js", _JS),
+    "/framing.js": (WEB_DIR / "framing.js", _JS),
     "/style.css": (WEB_DIR / "style.css", "text/css; charset=utf-8"),
     "/vendor/protobuf.min.js": (WEB_DIR / "vendor" / "protobuf.min.js", _JS),
     "/skein/v1/frames.proto": (SCHEMA_FILE, "text/plain; charset=utf-8"),

@@ -1,0 +1,224 @@
+"""The terminal report (rich tables) and the JSON results file, from a results document.
+
+The document is what :func:`loadgen.results.build_document` makes; everything here only reads it,
+so a saved results file can be rendered again. With several runs (comparison mode) the detail table
+puts them side by side, one column per run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from loadgen.scenario import HANDOFF_KINDS, PRIORITIES
+
+__all__ = ["headline", "render", "write_json"]
+
+MAX_ERRORS_SHOWN = 5  # per run; the JSON has up to 10 per worker
+_PERCENTILES = (("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"), ("p99.9", "p999_ms"))
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.1f}" if value < 1000 else f"{value:,.0f}"
+
+
+def _latency_table(run: Mapping[str, Any], scenario_name: str) -> Table:
+    window = run["handoff_window_s"]
+    table = Table(
+        title=escape(f"{scenario_name} ({run['label']}): latency (ms) from the intended send time"),
+        title_justify="left",
+    )
+    table.add_column("")
+    for name in ("count", *(p for p, _ in _PERCENTILES), "max"):
+        table.add_column(name, justify="right")
+    rows = (("steady", "steady"), (f"<= {window:g} s after a handoff", "handoff"), ("all", "all"))
+    for title, key in rows:
+        s = run["latency_ms"][key]
+        table.add_row(
+            title, f"{s['count']:,}", *(_ms(s[k]) for _, k in _PERCENTILES), _ms(s["max_ms"])
+        )
+    gap = run["handoff_gap_ms"]["all"]
+    table.add_row(
+        "delivery gap per handoff",
+        f"{gap['count']:,}",
+        *(_ms(gap[k]) for _, k in _PERCENTILES),
+        _ms(gap["max_ms"]),
+        style="dim",
+    )
+    return table
+
+
+_Getter = Callable[[Mapping[str, Any]], str]
+
+
+def _g(*path: str, fmt: Callable[[Any], str] = str) -> _Getter:
+    def get(run: Mapping[str, Any]) -> str:
+        node: Any = run
+        for key in path:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        return "n/a" if node is None else fmt(node)
+
+    return get
+
+
+def _ok_failed(*path: str) -> _Getter:
+    return _g(*path, fmt=lambda v: f"{v['ok']} ok / {v['failed']} failed")
+
+
+def _pair(first: _Getter, second: _Getter) -> _Getter:
+    return lambda run: f"{first(run)} / {second(run)}"
+
+
+def _priority_row(priority: str) -> tuple[str, _Getter]:
+    def get(run: Mapping[str, Any]) -> str:
+        d = run["delivery"]
+        return (
+            f"{d['published'][priority]:,} / {d['expected'][priority]:,} / {d['loss'][priority]:,}"
+        )
+
+    return f"{priority}: published / expected / lost", get
+
+
+def _kind_row(kind: str) -> tuple[str, _Getter]:
+    def get(run: Mapping[str, Any]) -> str:
+        k = run["handoffs"]["by_kind"][kind]
+        return f"{k['count']} ({k['ok']} ok, {k['failed']} failed)"
+
+    return kind, get
+
+
+_SECTIONS: list[tuple[str, list[tuple[str, _Getter]]]] = [
+    (
+        "headline",
+        [
+            ("p99 within the handoff window (ms)", _g("latency_ms", "handoff", "p99_ms", fmt=_ms)),
+            ("p99.9 within the window (ms)", _g("latency_ms", "handoff", "p999_ms", fmt=_ms)),
+            ("p99 steady (ms)", _g("latency_ms", "steady", "p99_ms", fmt=_ms)),
+            (
+                "delivery gap per handoff p50 / p99 (ms)",
+                _pair(
+                    _g("handoff_gap_ms", "all", "p50_ms", fmt=_ms),
+                    _g("handoff_gap_ms", "all", "p99_ms", fmt=_ms),
+                ),
+            ),
+            ("steady inter-arrival p50 (ms)", _g("steady_interarrival_ms", "p50_ms", fmt=_ms)),
+        ],
+    ),
+    (
+        "delivery",
+        [
+            *(_priority_row(p) for p in PRIORITIES),
+            ("reliable (high) loss", _g("delivery", "reliable_loss")),
+            ("shed / missed", _pair(_g("delivery", "shed"), _g("delivery", "missed"))),
+            ("duplicates", _g("delivery", "duplicates")),
+            ("causal-order violations", _g("delivery", "order_violations")),
+            (
+                "publish failed / not sent",
+                _pair(_g("delivery", "publish_failed"), _g("delivery", "not_sent")),
+            ),
+        ],
+    ),
+    (
+        "handoffs",
+        [
+            *(_kind_row(k) for k in HANDOFF_KINDS),
+            ("migrations", _ok_failed("handoffs", "migrations")),
+            ("reconnects", _ok_failed("handoffs", "reconnects")),
+            ("automatic reconnects (SDK)", _g("handoffs", "reconnects", "automatic")),
+            ("no delivery before the next handoff", _g("handoff_gap_ms", "no_delivery")),
+            ("not done (the run ended first)", _g("handoffs", "not_done")),
+        ],
+    ),
+    (
+        "resources",
+        [
+            (
+                "clients connected / requested",
+                _pair(_g("clients", "connected"), _g("clients", "requested")),
+            ),
+            (
+                "gateway CPU mean / max (% of a core)",
+                _pair(
+                    _g("gateway", "cpu_percent", "mean", fmt=_ms),
+                    _g("gateway", "cpu_percent", "max", fmt=_ms),
+                ),
+            ),
+            ("connect retries", _g("clients", "connect_retries")),
+            ("gateway RSS max (MB)", _g("gateway", "rss_mb", "max", fmt=_ms)),
+            (
+                "loadgen workers CPU mean / max (%)",
+                _pair(
+                    _g("loadgen_cpu_percent", "mean", fmt=_ms),
+                    _g("loadgen_cpu_percent", "max", fmt=_ms),
+                ),
+            ),
+            ("publish lag p99 (ms, generator overload)", _g("publish_lag_ms", "p99_ms", fmt=_ms)),
+        ],
+    ),
+]
+
+
+def _detail_table(runs: Sequence[Mapping[str, Any]]) -> Table:
+    table = Table(title="details", title_justify="left")
+    table.add_column("")
+    for run in runs:
+        table.add_column(f"{run['label']} ({run['workers']} workers)", justify="right")
+    for index, (section, rows) in enumerate(_SECTIONS):
+        if index:
+            table.add_section()
+        table.add_row(f"[bold]{section}[/bold]", *("" for _ in runs))
+        for title, get in rows:
+            table.add_row(title, *(get(run) for run in runs))
+    return table
+
+
+def headline(doc: Mapping[str, Any]) -> str:
+    """One line: p99 across handoffs for each run."""
+    parts = [
+        f"{r['label']} {_ms(r['latency_ms']['handoff']['p99_ms'])} ms"
+        if r["latency_ms"]["handoff"]["count"]
+        else f"{r['label']} n/a (no samples)"
+        for r in doc["runs"]
+    ]
+    return "p99 within a handoff window: " + " vs ".join(parts)
+
+
+def render(console: Console, doc: Mapping[str, Any]) -> None:
+    """Print the report: latency per run, the detail table, the checks and the headline."""
+    name = doc["scenario"]["name"]
+    for run in doc["runs"]:
+        console.print(_latency_table(run, name))
+    console.print(_detail_table(doc["runs"]))
+    for run in doc["runs"]:
+        failed = [k for k, ok in run["checks"].items() if k != "passed" and not ok]
+        verdict = "[green]PASS[/green]" if not failed else f"[red]FAIL[/red] ({', '.join(failed)})"
+        console.print(f"checks ({escape(run['label'])}): {verdict}")
+        for error in run["clients"]["connect_errors"]:
+            console.print(f"  [yellow]connect error:[/yellow] {escape(error)}")
+        for error in run["errors"][:MAX_ERRORS_SHOWN]:
+            console.print(f"  [yellow]error:[/yellow] {escape(error)}")
+    console.print(f"[bold]{headline(doc)}[/bold]")
+
+
+def write_json(path: Path, doc: Mapping[str, Any]) -> None:
+    """Write ``doc`` to ``path`` atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,228 @@
+"""The results of a run as plain, JSON-ready data, and the document a results file holds (pure).
+
+:func:`build_summary` turns merged worker statistics into one run's summary; :func:`build_document`
+wraps one or more runs with the scenario and the machine. The field names are the contract of the
+JSON results file and are documented in ``loadgen/scenarios/README.md``. Latencies are in ms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from loadgen.sampler import Sample
+from loadgen.scenario import HANDOFF_KINDS, PRIORITIES, Scenario
+from loadgen.stats import Merged, Summary, encode, timeline_bucket_s
+
+__all__ = ["SCHEMA", "build_document", "build_summary", "machine_info"]
+
+SCHEMA = "skein.loadgen.results/1"
+
+
+def _by_priority(counters: Mapping[str, int], prefix: str) -> dict[str, int]:
+    out = {p: int(counters.get(f"{prefix}:{p}", 0)) for p in PRIORITIES}
+    out["total"] = sum(out.values())
+    return out
+
+
+def _delivery(c: Mapping[str, int]) -> dict[str, Any]:
+    loss = _by_priority(c, "loss")
+    return {
+        "published": _by_priority(c, "published"),
+        "acked": _by_priority(c, "acked"),
+        "publish_failed": c.get("publish_failed", 0),
+        "not_sent": c.get("not_sent", 0),
+        "expected": _by_priority(c, "expected"),
+        "received": _by_priority(c, "received"),
+        "loss": loss,
+        "reliable_loss": loss["high"],
+        "shed": c.get("shed", 0),
+        "missed": c.get("missed", 0),
+        "duplicates": c.get("duplicates", 0),
+        "order_violations": c.get("order_violations", 0),
+        "foreign": c.get("foreign", 0),
+        "dedupe_overflow": c.get("dedupe_overflow", 0),
+        "consumer_overflow": c.get("consumer_overflow", 0),
+        "clamped": c.get("clamped", 0),
+    }
+
+
+def _handoffs(c: Mapping[str, int]) -> dict[str, Any]:
+    by_kind = {
+        kind: {
+            "count": c.get(f"handoff:{kind}", 0),
+            "ok": c.get(f"handoff_ok:{kind}", 0),
+            "failed": c.get(f"handoff_failed:{kind}", 0),
+        }
+        for kind in HANDOFF_KINDS
+    }
+    explicit = c.get("reconnect_ok", 0)
+    return {
+        "total": sum(k["count"] for k in by_kind.values()),
+        "by_kind": by_kind,
+        "migrations": {"ok": c.get("migrate_ok", 0), "failed": c.get("migrate_failed", 0)},
+        "reconnects": {
+            "ok": explicit,
+            "failed": c.get("reconnect_failed", 0),
+            # The SDK counts its own reconnects after a dead connection as well as ours.
+            "automatic": max(0, c.get("sdk_reconnects", 0) - explicit),
+        },
+        "sdk_errors": c.get("sdk_errors", 0),
+        # Scheduled, but the run ended first because earlier handoffs overran.
+        "not_done": c.get("handoffs_not_done", 0),
+    }
+
+
+def _resources(samples: Sequence[Sample], gateway_pid: int | None) -> dict[str, Any]:
+    cpu = [s.gateway_cpu_percent for s in samples if s.gateway_cpu_percent is not None]
+    rss = [s.gateway_rss_bytes for s in samples if s.gateway_rss_bytes is not None]
+    own = [s.loadgen_cpu_percent for s in samples]
+    return {
+        "gateway": {
+            "pid": gateway_pid,
+            "samples": len(cpu),
+            "cpu_percent": {
+                "mean": round(statistics.fmean(cpu), 1) if cpu else None,
+                "max": round(max(cpu), 1) if cpu else None,
+            },
+            "rss_mb": {
+                "max": round(max(rss) / 2**20, 1) if rss else None,
+                "last": round(rss[-1] / 2**20, 1) if rss else None,
+            },
+            "series": [[s.t_s, s.gateway_cpu_percent, s.gateway_rss_bytes] for s in samples],
+        },
+        "loadgen_cpu_percent": {
+            "mean": round(statistics.fmean(own), 1) if own else None,
+            "max": round(max(own), 1) if own else None,
+        },
+    }
+
+
+def _timeline(merged: Merged, bucket_s: float) -> list[list[float]]:
+    """[t_s, count, p50_ms, p99_ms, max_ms] per bucket of receive time."""
+    out = []
+    for bucket, histogram in sorted(merged.timeline.items()):
+        s = Summary.of(histogram)
+        out.append([round(bucket * bucket_s, 3), s.count, s.p50_ms, s.p99_ms, s.max_ms])
+    return out
+
+
+def build_summary(
+    *,
+    label: str,
+    mode: str,
+    scenario: Scenario,
+    merged: Merged,
+    samples: Sequence[Sample],
+    gateway_pid: int | None,
+    workers: int,
+    started_at: str,
+    wall_s: float,
+    run_started_s: float = 0.0,
+    connect_errors: Sequence[str] = (),
+) -> dict[str, Any]:
+    """One run's results (the fields are listed in ``loadgen/scenarios/README.md``).
+
+    ``run_started_s`` is when publishing began, in seconds since the workers were started (the
+    origin of the CPU samples). ``checks.passed`` is the verdict: no reliable (high) message lost,
+    no causal-order violation, no duplicate delivered to the application, every client connected.
+    """
+    c = merged.counters
+    bucket = timeline_bucket_s(scenario.duration_s)
+    latency = {
+        "steady": merged.summary("latency_steady").as_dict(),
+        "handoff": merged.summary("latency_handoff").as_dict(),
+        "all": Summary.of(merged.combined_latency()).as_dict(),
+    }
+    gap_kinds = {
+        kind: merged.summary(f"gap:{kind}").as_dict()
+        for kind in HANDOFF_KINDS
+        if f"gap:{kind}" in merged.histograms
+    }
+    delivery = _delivery(c)
+    handoffs = _handoffs(c)
+    connected = c.get("connected", 0)
+    checks = {
+        "all_connected": connected == scenario.clients,
+        "reliable_loss_zero": delivery["reliable_loss"] == 0,
+        "order_violations_zero": delivery["order_violations"] == 0,
+        "duplicates_zero": delivery["duplicates"] == 0,
+    }
+    return {
+        "label": label,
+        "mode": mode,
+        "started_at": started_at,
+        "wall_s": round(wall_s, 2),
+        "run_started_s": round(run_started_s, 3),
+        "duration_s": scenario.duration_s,
+        "workers": workers,
+        "clients": {
+            "requested": scenario.clients,
+            "connected": connected,
+            "connect_failed": c.get("connect_failed", 0),
+            "connect_retries": c.get("connect_retries", 0),
+            "connect_errors": list(connect_errors),
+        },
+        "handoff_window_s": scenario.handoffs.window_s,
+        "latency_ms": latency,
+        "handoff_gap_ms": {
+            "all": merged.summary("gap").as_dict(),
+            "by_kind": gap_kinds,
+            "no_delivery": c.get("gap_no_delivery", 0),
+        },
+        "steady_interarrival_ms": merged.summary("interarrival").as_dict(),
+        "publish_lag_ms": merged.summary("publish_lag").as_dict(),
+        "delivery": delivery,
+        "handoffs": handoffs,
+        **_resources(samples, gateway_pid),
+        "timeline": {
+            "bucket_s": bucket,
+            "columns": ["t_s", "count", "p50_ms", "p99_ms", "max_ms"],
+            "points": _timeline(merged, bucket),
+            "handoff_marks": [[t, kind] for t, kind in merged.marks],
+        },
+        "errors": merged.notes,
+        "histograms": {name: encode(h) for name, h in sorted(merged.histograms.items())},
+        "checks": {**checks, "passed": all(checks.values())},
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+    }
+
+
+def build_document(
+    scenario: Scenario, runs: Sequence[dict[str, Any]], *, target: str, plot: str | None
+) -> dict[str, Any]:
+    """The results file: the scenario, the machine, each run, and with two runs a comparison."""
+    doc: dict[str, Any] = {
+        "schema": SCHEMA,
+        "scenario": dataclasses.asdict(scenario),
+        "machine": machine_info(),
+        "target": target,
+        "plot": plot,
+        "runs": list(runs),
+        "passed": all(r["checks"]["passed"] for r in runs),
+    }
+    if len(runs) > 1:
+        doc["comparison"] = {
+            r["label"]: {
+                "p99_handoff_ms": r["latency_ms"]["handoff"]["p99_ms"],
+                "p99_steady_ms": r["latency_ms"]["steady"]["p99_ms"],
+                "p99_gap_ms": r["handoff_gap_ms"]["all"]["p99_ms"],
+                "reliable_loss": r["delivery"]["reliable_loss"],
+            }
+            for r in runs
+        }
+    return doc
