@@ -202,6 +202,7 @@ class Client:
         self._closing = False
         self._reconnecting: asyncio.Task[None] | None = None
         self._overflowed = False
+        self._ready = False  # the session is up and its rooms re-joined: requests may go
         self._terminal: GatewayError | None = None  # set when the session can never resume
 
     # ---- public API -----------------------------------------------------------------------------
@@ -271,8 +272,15 @@ class Client:
         """
         link = self._require_link()
         self._link = None
+        self._ready = False
         self._tasks.append(self._loop.create_task(self._dispose(link)))  # drains in the background
-        await self._open()
+        try:
+            await self._open()
+        except BaseException:
+            # Don't leave the client without a connection: keep trying as after a lost link.
+            if self.config.reconnect and not self._closing and self._terminal is None:
+                self._start_reconnecting()
+            raise
         self.stats.reconnects += 1
 
     @property
@@ -359,7 +367,8 @@ class Client:
         self.session.reset_stream()
         self._welcome = self._future()
         self._link = link
-        self._send(self.session.hello())
+        self._ready = False  # requests wait until _resume() has re-joined the rooms
+        self._send_on(link, self.session.hello())
 
     async def _await_welcome(self, link: _Link) -> None:
         assert self._welcome is not None
@@ -445,6 +454,7 @@ class Client:
 
     def _resume(self) -> None:
         """After (re)connecting: re-join rooms from their cursors, re-send unacked publishes."""
+        self._ready = True
         old, self._pending = self._pending, {}
         joins = {p.room: p for p in old.values() if p.publish is None and p.room}
         for room in self.session.rooms():
@@ -467,6 +477,7 @@ class Client:
         if link is not self._link:
             return
         self._link = None
+        self._ready = False
         self._tasks.append(self._loop.create_task(self._dispose(link)))
         log.info("connection lost: %s", reason)
         if self._closing:
@@ -476,6 +487,9 @@ class Client:
             self._fail_pending(self._terminal)
             self._messages.put_nowait(None)
             return
+        self._start_reconnecting()
+
+    def _start_reconnecting(self) -> None:
         if self._reconnecting is None or self._reconnecting.done():
             self._reconnecting = self._loop.create_task(self._reconnect())
 
@@ -518,10 +532,18 @@ class Client:
         return self._loop.create_future()
 
     def _send(self, data: bytes) -> None:
+        """Send a request on the session, once it is re-established (re-joined); until then the
+        request waits in ``_pending`` and ``_resume()`` sends it."""
         link = self._link
-        if link is None or not data:
-            return  # re-sent by _resume() on the next connection
-        link.protocol._quic.send_stream_data(link.frame_stream, data)
+        if link is not None and self._ready and data:
+            self._send_on(link, data)
+
+    def _send_on(self, link: _Link, data: bytes) -> None:
+        try:
+            link.protocol._quic.send_stream_data(link.frame_stream, data)
+        except ValueError:  # the gateway finished the stream: the session is over
+            self._link_lost(link, "the session stream is finished")
+            return
         link.protocol.transmit()
 
     async def _request(self, request_id: int, data: bytes, pending: _Pending) -> Any:

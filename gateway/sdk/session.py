@@ -262,7 +262,13 @@ class ClientSession:
             if frame.missed:
                 events.append(MissedEvent(frame.room, frame.missed))
         else:
-            reconciler.skip_to(frame.frontier)  # a fresh join starts live
+            # A fresh join starts live: at the frontier, and past every retained epoch's sealed
+            # seqs (earlier epochs' history is not this client's to fetch).
+            start: dict[int, int] = {}
+            for shard_map in frame.shard_maps:
+                start.update(shard_map.sealed)
+            start.update(frame.frontier)
+            reconciler.skip_to(start)
 
     def _deliver(
         self, room: str, messages: Iterable[f.Message], now: float, events: list[SessionEvent]

@@ -43,6 +43,8 @@ log = logging.getLogger("skein.server")
 # WebTransport over HTTP/3 error code for a session the gateway ends (draft-ietf-webtrans-http3):
 # streams are reset with this, and the QUIC connection closes with H3_NO_ERROR (0x100).
 _H3_NO_ERROR = 0x100
+_MAX_EARLY_SESSIONS = 4
+_MAX_EARLY_BYTES = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -63,6 +65,8 @@ class GatewayProtocol(QuicConnectionProtocol):
         self._sessions: dict[int, _WtSession] = {}  # by CONNECT stream id
         self._by_stream: dict[int, _WtSession] = {}  # frame stream id -> session
         self._peer: NetworkAddress | None = None
+        self._early: dict[int, list[WebTransportStreamDataReceived]] = {}
+        self._answered: set[int] = set()  # CONNECT streams already answered (kept or refused)
         self.cid = ""
 
     # ---- asyncio / aioquic hooks ----------------------------------------------------------------
@@ -116,6 +120,7 @@ class GatewayProtocol(QuicConnectionProtocol):
         method = headers.get(b":method", b"")
         path = headers.get(b":path", b"").decode("utf-8", "replace")
         if method == b"CONNECT" and headers.get(b":protocol") == b"webtransport":
+            self._answered.add(event.stream_id)
             if path.split("?", 1)[0] == self.gateway.config.chat_path:
                 self._sessions[event.stream_id] = _WtSession(event.stream_id)
                 self._send_headers(
@@ -126,6 +131,8 @@ class GatewayProtocol(QuicConnectionProtocol):
                 )
             else:
                 self._send_headers(event.stream_id, 404, end_stream=True)
+            for early in self._early.pop(event.stream_id, ()):
+                self._on_wt_data(early)  # stream data that overtook its CONNECT
             return
         if event.stream_id in self._sessions and event.stream_ended:
             self._end_session(self._sessions[event.stream_id])
@@ -174,8 +181,24 @@ class GatewayProtocol(QuicConnectionProtocol):
         if not stream_id & 2:
             self._quic.reset_stream(stream_id, _H3_NO_ERROR)
 
+    def _hold_early(self, event: WebTransportStreamDataReceived) -> bool:
+        """Keep stream data whose CONNECT has not arrived yet (packets reorder; clients open
+        their stream right after the CONNECT). Bounded: a few sessions, a little data each;
+        beyond that the stream is refused."""
+        held = self._early.get(event.session_id)
+        if held is None:
+            if len(self._early) >= _MAX_EARLY_SESSIONS or event.session_id & 3:
+                return False  # only client-initiated bidirectional streams carry a CONNECT
+            held = self._early[event.session_id] = []
+        if sum(len(e.data) for e in held) + len(event.data) > _MAX_EARLY_BYTES:
+            return False
+        held.append(event)
+        return True
+
     def _on_wt_data(self, event: WebTransportStreamDataReceived) -> None:
         session = self._sessions.get(event.session_id)
+        if session is None and event.session_id not in self._answered and self._hold_early(event):
+            return
         unidirectional = bool(event.stream_id & 2)
         if session is None or (unidirectional and event.stream_id != session.frame_stream_id):
             if session is None or event.stream_id not in session.extra_streams:
