@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from gateway.errors import ErrorCode, GatewayError
+
 __all__ = ["main"]
 
 DEFAULT_URL = "https://127.0.0.1:4433/v1/chat"
@@ -28,6 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
             private_key_file=args.key,
             log_level=args.log_level,
             admin_port=args.admin_port,
+            insecure_dev=args.insecure_dev,
         )
     except (OSError, ValueError) as exc:
         print(f"skein serve: bad configuration: {exc}", file=sys.stderr)
@@ -152,6 +155,12 @@ def _parser() -> argparse.ArgumentParser:
         help="log lines as JSON or text (default auto: text on a terminal, JSON otherwise)",
     )
     serve.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        help="DEVELOPMENT ONLY: accept clients without tokens and let anyone join and publish "
+        "anywhere (the default is to require a JWT: see `skein token`)",
+    )
+    serve.add_argument(
         "--admin-port",
         type=int,
         help="TCP port for /healthz, /readyz, /metrics and the browser page (default 9433; "
@@ -227,6 +236,15 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.run(args)
     except KeyboardInterrupt:
         return 130
+    except GatewayError as exc:
+        hint = ""
+        if exc.code in (ErrorCode.UNAUTHENTICATED, ErrorCode.FORBIDDEN):
+            hint = " Mint a token with `skein token --sub NAME --join ROOMS --publish ROOMS`."
+        print(
+            f"skein {args.command}: the gateway refused: {exc.message} ({exc.code.name}).{hint}",
+            file=sys.stderr,
+        )
+        return 1
     except (OSError, ConnectionError, TimeoutError) as exc:
         print(
             f"skein {args.command}: cannot reach the gateway: {exc!r}. Is `skein serve` running, "

@@ -124,6 +124,7 @@ def start_gateway(
     quic_port = _pick_port(socket.SOCK_DGRAM, port)
     admin = _pick_port(socket.SOCK_STREAM, admin_port)
     config = out_dir / "demo-gateway.toml"
+    (out_dir / "demo-store.db").unlink(missing_ok=True)  # every demo starts from empty rooms
     # json.dumps writes a valid TOML basic string for any path.
     config.write_text(
         "[server]\n"
@@ -131,7 +132,10 @@ def start_gateway(
         f"port = {quic_port}\n"
         f"admin_port = {admin}\n"
         f"certificate_file = {json.dumps(str(certs.cert))}\n"
-        f"private_key_file = {json.dumps(str(certs.key))}\n",
+        f"private_key_file = {json.dumps(str(certs.key))}\n"
+        # The demo measures the network path, not auth: loadgen's clients carry no tokens.
+        '[auth]\nmode = "insecure-dev"\n'
+        f'[store]\nkind = "sqlite"\npath = {json.dumps(str(out_dir / "demo-store.db"))}\n',
         encoding="utf-8",
     )
     log = out_dir / "demo-gateway.log"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gateway.core.limits import LimitsConfig
 from gateway.core.sharder import ShardingConfig
 
 __all__ = ["CoreConfig"]
@@ -51,6 +52,7 @@ class CoreConfig:
     slow_consumer_s: float = 10.0
     max_backlog_bytes: int = 8 * 1024 * 1024
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def __post_init__(self) -> None:
         if self.tick_ms < 0:

@@ -20,7 +20,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.core.auth import Authenticator, Principal
 from gateway.core.config import CoreConfig
+from gateway.core.limits import TokenBucket
 from gateway.core.room import Room, RoomMode
 from gateway.core.session import Session, State
 from gateway.core.shard import Entry
@@ -51,6 +53,7 @@ __all__ = [
 ]
 
 CAPABILITIES = ("lz4",)
+_VIOLATIONS = frozenset({ErrorCode.FORBIDDEN, ErrorCode.UNAUTHENTICATED})
 _PRIORITY_NAMES = {p: p.name.lower() for p in f.Priority}  # stats keys, named once
 _MAX_BATCH_BYTES = 1 << 20  # one Deliver/Fetched frame stays below this (clients allow 16 MiB)
 
@@ -127,11 +130,24 @@ class RoomInfo:
 class Hub:
     """Sessions, rooms and fan-out for one gateway process. See the module docstring."""
 
-    def __init__(self, config: CoreConfig | None = None, *, durable: bool = False) -> None:
+    def __init__(
+        self,
+        config: CoreConfig | None = None,
+        *,
+        durable: bool = False,
+        authenticator: Authenticator | None = None,
+    ) -> None:
         """``durable``: a store keeps rooms and reliable messages across restarts; the hub then
-        emits RoomChanged and serves what its memory no longer holds through StoreRead."""
+        emits RoomChanged and serves what its memory no longer holds through StoreRead.
+        ``authenticator`` checks Hello tokens; without one every client may do anything, under
+        the name it gives (insecure development mode).
+
+        Token expiry is wall-clock time: set ``wall_offset_s`` to (wall clock - the ``now``
+        clock) when ``now`` is monotonic."""
         self.config = config or CoreConfig()
         self.durable = durable
+        self.authenticator = authenticator
+        self.wall_offset_s = 0.0
         self._tick_s = self.config.tick_ms / 1000.0
         self.stats = HubStats()
         self._sessions: dict[int, Session] = {}
@@ -342,10 +358,20 @@ class Hub:
                 code=ErrorCode.UNSUPPORTED_VERSION,
                 fatal=True,
             )
+        fallback = frame.client_name or f"anon-{session.session_id}"
+        if self.authenticator is None:
+            principal = Principal(sub=fallback, join=("*",), publish=("*",))
+        else:
+            principal = self.authenticator.authenticate(
+                frame.token, now + self.wall_offset_s, client_name=fallback
+            )
+        session.principal = principal
+        session.user = principal.sub  # the sender identity is the token's subject
+        limits = self.config.limits
+        session.publish_bucket = limits.connection_publish_bucket()
+        session.join_bucket = limits.connection_join_bucket()
         common = tuple(c for c in CAPABILITIES if c in frame.capabilities)
         session.lz4 = "lz4" in common
-        # Until JWT auth lands the client names itself; its name is its sender identity.
-        session.user = frame.client_name or f"anon-{session.session_id}"
         welcome = f.Welcome(
             f.PROTOCOL_VERSION,
             common,
@@ -390,6 +416,19 @@ class Hub:
             raise Rejected(
                 f"a session may join at most {self.config.max_rooms_per_session} rooms",
                 code=ErrorCode.TOO_MANY_ROOMS,
+                request_id=frame.request_id,
+            )
+        assert session.principal is not None and session.join_bucket is not None
+        if not session.principal.may_join(frame.room):
+            raise Rejected(
+                f"your token does not allow joining {frame.room!r}",
+                code=ErrorCode.FORBIDDEN,
+                request_id=frame.request_id,
+            )
+        if not session.join_bucket.take(now):
+            raise Rejected(
+                f"joining too fast; retry in {session.join_bucket.retry_after_s(now):.1f} s",
+                code=ErrorCode.RATE_LIMITED,
                 request_id=frame.request_id,
             )
         room = self._room_for_join(frame.room, frame.request_id, now)
@@ -438,6 +477,7 @@ class Hub:
                 request_id=frame.request_id,
             )
         room = self._joined_room(session, frame.room, frame.request_id)
+        self._admit_publish(session, room, frame, now)
         reliable = frame.priority is f.Priority.HIGH or room.mode is RoomMode.GROUP
         try:
             published = room.publish(frame, session.user, durable=not reliable)
@@ -462,6 +502,41 @@ class Hub:
         ack = f.Ack(frame.request_id, frame.client_msg_id, published.shard, published.seq)
         self._send_frame(session, ack)
         self.stats.acks += 1
+
+    def _admit_publish(self, session: Session, room: Room, frame: f.Publish, now: float) -> None:
+        """Permission and rates. A room over its rate sheds lowest priority first: chatter once
+        its bucket is below half, normal once it is empty; high is never refused for the room's
+        rate (it still spends tokens)."""
+        assert session.principal is not None and session.publish_bucket is not None
+        if not session.principal.may_publish(frame.room):
+            raise Rejected(
+                f"your token does not allow publishing to {frame.room!r}",
+                code=ErrorCode.FORBIDDEN,
+                request_id=frame.request_id,
+            )
+        bucket = session.publish_bucket
+        if not bucket.take(now):
+            raise Rejected(
+                f"publishing too fast; retry in {bucket.retry_after_s(now):.2f} s",
+                code=ErrorCode.RATE_LIMITED,
+                request_id=frame.request_id,
+            )
+        limits = self.config.limits
+        if room.bucket is None:
+            room.bucket = TokenBucket(
+                limits.publish_rate_per_room_per_s, limits.publish_burst_per_room
+            )
+        level = room.bucket.available(now)
+        floor = {f.Priority.CHATTER: limits.publish_burst_per_room / 2, f.Priority.NORMAL: 1.0}
+        if level < floor.get(frame.priority, float("-inf")):
+            self.stats.shed[frame.priority.name.lower()] += 1
+            raise Rejected(
+                f"room {room.name!r} is over its publish rate: {frame.priority.name.lower()} "
+                "messages are shed first; retry later",
+                code=ErrorCode.RATE_LIMITED,
+                request_id=frame.request_id,
+            )
+        room.bucket.take(now)
 
     # ---- the reliable path ----------------------------------------------------------------------
 
@@ -591,11 +666,18 @@ class Hub:
 
     def _fail(self, session: Session, exc: GatewayError) -> None:
         """The one place a GatewayError becomes an Error frame (and, if fatal, a Close)."""
-        # Refusals of well-formed requests are the client's business; broken protocol counts.
+        # Refusals of well-formed requests are the client's business; broken protocol and
+        # permission violations count towards disconnection, each against its own limit.
         if isinstance(exc, RemoteProtocolError):
             session.errors += 1
+        elif exc.code in _VIOLATIONS:
+            session.violations += 1
         self.stats.errors[exc.code.name] += 1
-        fatal = exc.fatal or session.errors >= self.config.max_errors_per_session
+        fatal = (
+            exc.fatal
+            or session.errors >= self.config.max_errors_per_session
+            or session.violations >= self.config.limits.violations_before_close
+        )
         self._send_frame(session, f.Error(exc.code, exc.message, exc.request_id, fatal))
         if fatal:
             self._outputs.append(Close(session.conn_id, exc.code, exc.message))

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
+from gateway.core.limits import TokenBucket
 from gateway.core.shard import Entry, Shard
 from gateway.core.sharder import ShardPolicy
 from gateway.errors import ErrorCode, Rejected, RemoteProtocolError
@@ -57,6 +58,7 @@ class Room:
     ) -> None:
         self.name = name
         self.incarnation = incarnation
+        self.bucket: TokenBucket | None = None  # the room's publish rate (the hub sets it)
         self.mode = mode
         self.policy = policy
         self.subscribers: set[int] = set()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+from gateway.core.auth import Principal
+from gateway.core.limits import TokenBucket
 from gateway.errors import ErrorCode, RemoteProtocolError
 from gateway.wire import frames as f
 from gateway.wire.framing import FrameDecoder
@@ -43,12 +45,16 @@ class Session:
         "conn_id",
         "decoder",
         "errors",
+        "join_bucket",
         "lz4",
+        "principal",
+        "publish_bucket",
         "rooms",
         "session_id",
         "shed",
         "state",
         "user",
+        "violations",
     )
 
     def __init__(self, conn_id: int, session_id: str, *, max_frame_bytes: int) -> None:
@@ -59,9 +65,13 @@ class Session:
         self.lz4 = False
         self.rooms: set[str] = set()
         self.errors = 0
+        self.violations = 0  # forbidden joins and publishes
         self.decoder = FrameDecoder(max_frame_bytes)
         self.backlog = 0  # bytes queued or unacknowledged on the connection, as last reported
         self.shed = 0  # messages shed for it since its last Deliver
+        self.principal: Principal | None = None  # who the token says this is (after Hello)
+        self.publish_bucket: TokenBucket | None = None
+        self.join_bucket: TokenBucket | None = None
 
     def advance(self, frame: f.ClientFrame) -> None:
         """Move the state machine for ``frame``, or raise RemoteProtocolError if it is not allowed."""

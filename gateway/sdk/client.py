@@ -611,6 +611,10 @@ class Client:
             if frame.code < ErrorCode.INTERNAL:
                 # We broke the protocol or are not allowed in: reconnecting would only repeat it.
                 self._terminal = ServerError(frame.message, code=frame.code, fatal=True)
+            if self._welcome is not None and not self._welcome.done():
+                self._welcome.set_exception(  # refused at Hello: connect() fails with why
+                    ServerError(frame.message, code=frame.code, fatal=True)
+                )
         pending = self._pending.pop(event.request_id, None)
         if pending is None or pending.future.done():
             return

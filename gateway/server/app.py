@@ -11,6 +11,7 @@ import asyncio
 import collections
 import logging
 import signal
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
@@ -21,6 +22,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
 from aioquic.tls import SessionTicket
 
+from gateway.core.auth import Authenticator
 from gateway.core.hub import Close, Hub, Output, Persist, RoomChanged, Send, StoreRead
 from gateway.server.admin import AdminServer, Reply
 from gateway.server.config import ServerConfig
@@ -67,7 +69,10 @@ class GatewayServer:
 
     def __init__(self, config: ServerConfig, *, hub: Hub | None = None) -> None:
         self.config = config
-        self.hub = hub or Hub(config.core, durable=True)
+        self.authenticator = (
+            None if config.auth.insecure else Authenticator.from_config(config.auth)
+        )
+        self.hub = hub or Hub(config.core, durable=True, authenticator=self.authenticator)
         self.durability = Durability(config.store)
         self.migrations: collections.Counter[str] = collections.Counter()
         # Connection-level counters: "handshakes", "connections_closed", "sessions_refused".
@@ -115,6 +120,13 @@ class GatewayServer:
     async def start(self) -> None:
         """Bind the UDP socket and start serving. ``self.address`` is the bound address."""
         self._loop = asyncio.get_running_loop()
+        self.hub.wall_offset_s = time.time() - self._loop.time()  # token expiry is wall clock
+        if self.authenticator is None:
+            log.warning(
+                "INSECURE DEVELOPMENT MODE: no tokens are checked; anyone may join and publish "
+                "anywhere under any name. Never expose this gateway.",
+                extra={"event": "insecure_dev"},
+            )
         restored = await self.durability.open(self.hub, self.now())
         if restored:
             log.info(
@@ -360,6 +372,12 @@ async def run(config: ServerConfig, *, ready: asyncio.Event | None = None) -> No
         "Ctrl-C stops",
         flush=True,
     )
+    if server.authenticator is None:
+        print(
+            "skein: WARNING: --insecure-dev: no tokens are checked, anyone may join and publish "
+            "anywhere under any name; never expose this gateway",
+            flush=True,
+        )
     if server.admin is not None:
         admin_host, admin_port = server.admin.address
         print(f"skein: chat page at http://{admin_host}:{admin_port}/", flush=True)

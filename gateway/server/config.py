@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.core.auth import AuthConfig
 from gateway.core.config import CoreConfig
+from gateway.core.limits import LimitsConfig
 from gateway.core.sharder import ShardingConfig
 from gateway.store.base import StoreConfig
 
@@ -34,6 +36,8 @@ class ServerConfig:
     - ``max_datagram_frame_bytes``: QUIC DATAGRAM support (WebTransport needs it).
     - ``stream_window_bytes``: flow-control window per stream and for the connection.
     - ``log_level``: ``debug``, ``info``, ``warning`` or ``error``.
+    - ``auth`` (the ``[auth]`` table): who may connect, join and publish (JWTs); ``mode =
+      "insecure-dev"`` lets anyone do anything (``skein serve --insecure-dev``).
     - ``admin_host`` / ``admin_port``: the TCP HTTP port for health checks, Prometheus metrics
       and the browser chat page (0 picks a free port; -1 disables it).
     """
@@ -51,6 +55,7 @@ class ServerConfig:
     admin_port: int = 9433
     core: CoreConfig = field(default_factory=CoreConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -88,20 +93,35 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServerConfig:
     if path is not None:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
-    unknown = sorted(set(data) - {"server", "core", "store"})
+    unknown = sorted(set(data) - {"server", "core", "store", "auth"})
     if unknown:
         raise ValueError(
-            f"unknown table(s) in {path}: {', '.join(unknown)}; known: server, core, store"
+            f"unknown table(s) in {path}: {', '.join(unknown)}; known: server, core, store, auth"
         )
+    auth_table = dict(data.get("auth", {}))
+    if "hs256_secrets" in auth_table:
+        auth_table["hs256_secrets"] = tuple(auth_table["hs256_secrets"])
+    if "es256_public_key_files" in auth_table:
+        auth_table["es256_public_key_files"] = tuple(
+            Path(p) for p in auth_table["es256_public_key_files"]
+        )
+    if auth_table.get("dev_secret_file"):
+        auth_table["dev_secret_file"] = Path(auth_table["dev_secret_file"])
+    if overrides.pop("insecure_dev", False):
+        auth_table["mode"] = "insecure-dev"
+    auth = _build(AuthConfig, auth_table, "auth")
     core_table = dict(data.get("core", {}))
     sharding = _build(ShardingConfig, core_table.pop("sharding", {}), "core.sharding")
-    core = _build(CoreConfig, {**core_table, "sharding": sharding}, "core")
+    limits = _build(LimitsConfig, core_table.pop("limits", {}), "core.limits")
+    if "group_rooms" in core_table:
+        core_table["group_rooms"] = tuple(core_table["group_rooms"])
+    core = _build(CoreConfig, {**core_table, "sharding": sharding, "limits": limits}, "core")
     store = _build(StoreConfig, dict(data.get("store", {})), "store")
     server_table = {
         **data.get("server", {}),
         **{k: v for k, v in overrides.items() if v is not None},
     }
     config: ServerConfig = _build(
-        ServerConfig, {**server_table, "core": core, "store": store}, "server"
+        ServerConfig, {**server_table, "core": core, "store": store, "auth": auth}, "server"
     )
     return config

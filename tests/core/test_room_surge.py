@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from gateway.core.config import CoreConfig
 from gateway.core.hub import Hub, Send
+from gateway.core.limits import LimitsConfig
 from gateway.core.sharder import ShardingConfig
 from gateway.sdk.reconcile import Delivered, Reconciler
 from gateway.wire import frames as f
@@ -34,7 +35,12 @@ def frame(x: f.ClientFrame) -> bytes:
 
 
 def test_surge_splits_and_merges_without_loss_or_flapping() -> None:
-    hub = Hub(CoreConfig(tick_ms=10, sharding=SHARDING, log_messages_per_shard=300_000))
+    synthetic = LimitsConfig(
+        publish_rate_per_connection_per_s=10_000, publish_burst_per_connection=10_000
+    )
+    hub = Hub(
+        CoreConfig(tick_ms=10, sharding=SHARDING, log_messages_per_shard=300_000, limits=synthetic)
+    )
     observer = 0
     hub.connect(observer, 0.0)
     hub.receive_data(observer, frame(f.Hello(client_name="observer")), 0.0)

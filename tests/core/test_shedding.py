@@ -78,3 +78,30 @@ def test_a_runaway_backlog_is_cut_at_once() -> None:
     assert any(isinstance(o, Close) and o.code == ErrorCode.SLOW_CONSUMER for o in outs)
     assert hub.session_count == 0
     del p
+
+
+def test_a_room_over_its_rate_sheds_chatter_first_then_normal_never_high() -> None:
+    from gateway.core.limits import LimitsConfig
+
+    limits = LimitsConfig(
+        publish_rate_per_room_per_s=1,
+        publish_burst_per_room=10,
+        publish_rate_per_connection_per_s=1000,
+        publish_burst_per_connection=1000,
+    )
+    hub = Hub(CoreConfig(limits=limits))
+    p = Peer(hub, 1, "p")
+    p.send(f.Join(1, "r"))
+    outcomes: dict[f.Priority, list[bool]] = {q: [] for q in f.Priority}
+    for i in range(30):  # all at t=0: no refill; the bucket drains
+        priority = list(f.Priority)[i % 3]
+        p.send(f.Publish(10 + i, "r", f"m{i}", b"x", priority))
+        pump(hub, [p])
+        errors = p.take(f.Error)
+        outcomes[priority].append(not errors)
+        assert all(e.code == ErrorCode.RATE_LIMITED for e in errors)
+    assert all(outcomes[f.Priority.HIGH])  # never refused for the room's rate
+    first_chatter_refused = outcomes[f.Priority.CHATTER].index(False)
+    first_normal_refused = outcomes[f.Priority.NORMAL].index(False)
+    assert first_chatter_refused < first_normal_refused  # lowest priority goes first
+    assert hub.stats.shed["chatter"] >= 1 and hub.stats.shed["high"] == 0

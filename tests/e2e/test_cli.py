@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,9 +51,18 @@ def read_until(proc: subprocess.Popen[str], needle: str, lines: list[str]) -> No
     raise AssertionError(f"{needle!r} not seen; output so far:\n{''.join(lines)}")
 
 
+SECRET = "a-test-secret-that-is-at-least-32-bytes-long"
+
+
 @pytest.fixture
-def served(certs: CertPaths) -> tuple[subprocess.Popen[str], int]:
+def served(certs: CertPaths, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """`skein serve` as shipped: tokens required (an HS256 secret from the config)."""
     port = free_udp_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[auth]\nhs256_secrets = ["{SECRET}"]\n'
+        f'[store]\nkind = "sqlite"\npath = "{tmp_path / "db"}"\n'
+    )
     proc = skein(
         "serve",
         "--port",
@@ -62,7 +72,7 @@ def served(certs: CertPaths) -> tuple[subprocess.Popen[str], int]:
         "--key",
         str(certs.key),
         "--config",
-        "/dev/null",
+        str(config),
         "--admin-port",
         "0",
     )
@@ -81,8 +91,30 @@ def test_two_chat_terminals_talk_and_serve_stops_cleanly_on_sigterm(
     server, port = served
     url = f"https://127.0.0.1:{port}/v1/chat"
     common = ("--room", "lobby", "--url", url, "--ca", str(certs.ca_cert))
-    alice = skein("chat", "--name", "alice", *common)
-    bob = skein("chat", "--name", "bob", *common)
+    tokens = {
+        who: subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "token",
+                "--sub",
+                who,
+                "--join",
+                "lobby",
+                "--publish",
+                "lobby",
+                "--secret",
+                SECRET,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for who in ("alice", "bob")
+    }
+    alice = skein("chat", "--name", "alice", "--token", tokens["alice"], *common)
+    bob = skein("chat", "--name", "bob", "--token", tokens["bob"], *common)
     try:
         a_out: list[str] = []
         b_out: list[str] = []

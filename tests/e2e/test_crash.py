@@ -69,6 +69,9 @@ def durable_config(tmp_path: Path) -> Path:
     config = tmp_path / "gateway.toml"
     config.write_text(
         f'[store]\nkind = "sqlite"\npath = "{tmp_path / "skein.db"}"\nfsync = "normal"\n'
+        "[core.limits]\npublish_rate_per_connection_per_s = 1e5\n"
+        "publish_burst_per_connection = 1e5\n"
+        '[auth]\nmode = "insecure-dev"\n'
     )
     return config
 

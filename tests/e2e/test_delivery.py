@@ -17,7 +17,7 @@ from gateway.sdk.client import connect
 from gateway.server.app import GatewayServer
 from gateway.server.certs import CertPaths
 from gateway.wire.frames import Priority
-from tests.conftest import chat_url, server_config
+from tests.conftest import GENEROUS, chat_url, server_config
 
 TIMEOUT_S = 60.0
 HIGH = 40
@@ -39,7 +39,7 @@ SUBSCRIBER = textwrap.dedent("""
 async def test_reliable_messages_survive_chatter_and_a_frozen_consumer(
     certs: CertPaths, ca_file: Path
 ) -> None:
-    core = CoreConfig(send_budget_bytes=16 * 1024, slow_consumer_s=2.0, tick_ms=5)
+    core = CoreConfig(send_budget_bytes=16 * 1024, slow_consumer_s=2.0, tick_ms=5, limits=GENEROUS)
     server = GatewayServer(server_config(certs, core))
     await server.start()
     url = chat_url(server)

@@ -11,7 +11,7 @@ from gateway.core.sharder import ShardingConfig
 from gateway.sdk.client import Client, connect
 from gateway.server.app import GatewayServer
 from gateway.server.certs import CertPaths
-from tests.conftest import chat_url, server_config
+from tests.conftest import GENEROUS, chat_url, server_config
 
 CLIENTS = 4
 PER_CLIENT = 150
@@ -48,7 +48,9 @@ async def drain(client: Client, total: int) -> list[bytes]:
 
 
 async def test_room_splits_under_load_and_clients_converge(certs: CertPaths, ca_file: Path) -> None:
-    server = GatewayServer(server_config(certs, CoreConfig(tick_ms=5, sharding=HOT)))
+    server = GatewayServer(
+        server_config(certs, CoreConfig(tick_ms=5, sharding=HOT, limits=GENEROUS))
+    )
     await server.start()
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(server.close)

@@ -1,0 +1,95 @@
+"""Only the right people in: JWTs at Hello, per-room permissions, violations close the session."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.core.auth import AuthConfig
+from gateway.core.config import CoreConfig
+from gateway.core.limits import LimitsConfig
+from gateway.errors import ErrorCode, ServerError
+from gateway.sdk.client import connect
+from gateway.server.app import GatewayServer
+from gateway.server.certs import CertPaths
+from gateway.tokens import mint
+from gateway.wire.frames import Priority
+from tests.conftest import chat_url, server_config
+
+SECRET = "another-test-secret-at-least-32-bytes-long!"
+
+
+def token(sub: str, join: list[str], publish: list[str], age_s: float = 0) -> str:
+    """A one-hour token issued ``age_s`` ago (over an hour: expired)."""
+    return mint(
+        sub=sub, join=join, publish=publish, ttl_s=3600, now=time.time() - age_s, secret=SECRET
+    )
+
+
+@pytest.fixture
+async def secured(certs: CertPaths):  # type: ignore[no-untyped-def]
+    limits = LimitsConfig(
+        violations_before_close=3,
+        publish_rate_per_connection_per_s=5,
+        publish_burst_per_connection=5,
+    )
+    server = GatewayServer(
+        server_config(
+            certs,
+            CoreConfig(limits=limits),
+            auth=AuthConfig(hs256_secrets=(SECRET,), dev_secret_file=None),
+        )
+    )
+    await server.start()
+    yield server
+    await server.close()
+
+
+async def test_no_token_or_a_bad_one_is_refused_at_hello(
+    secured: GatewayServer, ca_file: Path
+) -> None:
+    for bad in ("", token("eve", ["*"], ["*"], age_s=7200), "not.a.jwt"):
+        with pytest.raises(ServerError) as info:
+            async with connect(chat_url(secured), ca_file=ca_file, token=bad, reconnect=False):
+                pass
+        assert info.value.code == ErrorCode.UNAUTHENTICATED
+    assert secured.hub.session_count == 0
+
+
+async def test_permissions_rates_and_repeated_violations(
+    secured: GatewayServer, ca_file: Path
+) -> None:
+    alice = token("alice", ["lobby", "room-*"], ["lobby"])
+    async with connect(chat_url(secured), ca_file=ca_file, token=alice, name="ignored") as c:
+        await c.join("lobby")
+        await c.join("room-7")
+        ack = await c.publish("lobby", b"hi")
+        assert ack.seq == 1
+        first = await anext(aiter(c.messages()))
+        assert first.message.sender == "alice" and first.message.body == b"hi"
+        with pytest.raises(ServerError) as info:
+            await c.publish("room-7", b"not allowed")
+        assert info.value.code == ErrorCode.FORBIDDEN
+        codes = []
+        for _ in range(6):  # the bucket holds 5: the 6th-ish is refused
+            try:
+                await c.publish("lobby", b"x", priority=Priority.NORMAL)
+            except ServerError as exc:
+                codes.append(exc.code)
+        assert ErrorCode.RATE_LIMITED in codes
+        with pytest.raises(ServerError) as info:
+            await c.join("vault")
+        assert info.value.code == ErrorCode.FORBIDDEN
+        with pytest.raises(ServerError):  # the third violation closes the session
+            await c.join("vault")
+        assert c.stats.last_error is not None and c.stats.last_error.fatal
+    async with connect(chat_url(secured), ca_file=ca_file, token=alice) as again:
+        await again.join("lobby")
+        ack = await again.publish("lobby", b"me again")
+        async for event in again.messages():
+            if event.message.seq == ack.seq:
+                # The sender is the token's subject, whatever name the client gave.
+                assert event.message.sender == "alice"
+                break
