@@ -163,7 +163,8 @@ class Hub:
         self._congested: dict[int, float] = {}
         self._watch_at: float | None = None  # next look at congested connections
         # Reliable messages waiting for the store: (room, shard, seq) -> who to ack.
-        self._unstored: dict[tuple[str, int, int], tuple[int, int, str]] = {}
+        # Every publish waiting on it (the original and its retries, perhaps from a new session).
+        self._unstored: dict[tuple[str, int, int], list[tuple[int, int, str]]] = {}
         self._handlers: dict[type[f.ClientFrame], Callable[[Session, Any, float], None]] = {
             f.Hello: self._on_hello,
             f.Join: self._on_join,
@@ -487,7 +488,9 @@ class Hub:
         if published.duplicate:
             self.stats.duplicates += 1
             key = (room.name, published.shard, published.seq)
-            if key in self._unstored:  # a retry of a message still being stored: ack it then
+            waiting = self._unstored.get(key)
+            if waiting is not None:  # a retry of a message still being stored: answered then
+                waiting.append((session.conn_id, frame.request_id, frame.client_msg_id))
                 return
         else:
             self.stats.published[frame.priority.name.lower()] += 1
@@ -495,7 +498,7 @@ class Hub:
             if reliable:
                 assert published.entry is not None
                 key = (room.name, published.shard, published.seq)
-                self._unstored[key] = (session.conn_id, frame.request_id, frame.client_msg_id)
+                self._unstored[key] = [(session.conn_id, frame.request_id, frame.client_msg_id)]
                 self._outputs.append(Persist(room.name, (published.entry,)))
                 return
             self._mark_dirty(room, now)
@@ -547,14 +550,13 @@ class Hub:
             m = entry.message
             if room is not None:
                 room.stored(m.shard, m.seq)
-            waiting = self._unstored.pop((room_name, m.shard, m.seq), None)
-            if waiting is None:
-                continue
-            conn_id, request_id, client_msg_id = waiting
-            session = self._sessions.get(conn_id)
-            if session is not None:
-                self._send_frame(session, f.Ack(request_id, client_msg_id, m.shard, m.seq))
-                self.stats.acks += 1
+            for conn_id, request_id, client_msg_id in self._unstored.pop(
+                (room_name, m.shard, m.seq), ()
+            ):
+                session = self._sessions.get(conn_id)
+                if session is not None:
+                    self._send_frame(session, f.Ack(request_id, client_msg_id, m.shard, m.seq))
+                    self.stats.acks += 1
         if room is not None:
             self._mark_dirty(room, now)
 
@@ -569,11 +571,11 @@ class Hub:
             if room is not None:
                 room.stored(m.shard, m.seq)
                 room.forget(m.sender, m.client_msg_id)
-            waiting = self._unstored.pop((room_name, m.shard, m.seq), None)
-            session = self._sessions.get(waiting[0]) if waiting else None
-            if waiting is not None and session is not None:
-                error = f"the message store failed ({reason}); not acknowledged, retry later"
-                self._send_frame(session, f.Error(ErrorCode.INTERNAL, error, waiting[1]))
+            error = f"the message store failed ({reason}); not acknowledged, retry later"
+            for conn_id, request_id, _ in self._unstored.pop((room_name, m.shard, m.seq), ()):
+                session = self._sessions.get(conn_id)
+                if session is not None:
+                    self._send_frame(session, f.Error(ErrorCode.INTERNAL, error, request_id))
         if room is not None:
             self._mark_dirty(room, now)
 

@@ -42,9 +42,15 @@ class _GetProtocol(QuicConnectionProtocol):
 
 
 async def get_json(
-    url: str, *, ca_file: Path | str | None = None, verify: bool = True, timeout_s: float = 10.0
+    url: str,
+    *,
+    ca_file: Path | str | None = None,
+    verify: bool = True,
+    timeout_s: float = 10.0,
+    token: str = "",
 ) -> tuple[int, Any]:
-    """GET ``url`` over HTTP/3 and return (status, decoded JSON body)."""
+    """GET ``url`` over HTTP/3 and return (status, decoded JSON body). ``token`` goes as
+    ``Authorization: Bearer`` (the history endpoint needs one unless the gateway is insecure)."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 443
     config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name=host)
@@ -66,6 +72,7 @@ async def get_json(
                 (b":authority", f"{host}:{port}".encode()),
                 (b":path", path.encode()),
                 (b"accept", b"application/json"),
+                *([(b"authorization", f"Bearer {token}".encode())] if token else []),
             ],
             end_stream=True,
         )

@@ -15,18 +15,20 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
+from gateway.errors import GatewayError
 from gateway.wire.codec import encode_server_frame
 from gateway.wire.frames import Deliver
 
 if TYPE_CHECKING:
     from gateway.server.app import GatewayServer
 
-__all__ = ["Response", "format_cursor", "handle_request", "parse_cursor"]
+__all__ = ["Request", "Response", "format_cursor", "handle_request", "parse_cursor"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +40,16 @@ class Response:
 
 
 Answer = Response | Awaitable[Response]
-Handler = Callable[["GatewayServer", re.Match[str], str, str], Answer]
+Handler = Callable[["GatewayServer", re.Match[str], "Request"], Answer]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What handlers see of a request: its query string and the headers that matter."""
+
+    query: str = ""
+    accept: str = ""
+    authorization: str = ""
 
 
 def _json(status: int, value: Any) -> Response:
@@ -60,11 +71,11 @@ def format_cursor(cursor: dict[int, int]) -> str:
     return ",".join(f"{shard}:{seq}" for shard, seq in sorted(cursor.items()))
 
 
-def _rooms(gateway: GatewayServer, match: re.Match[str], accept: str, query: str) -> Answer:
+def _rooms(gateway: GatewayServer, match: re.Match[str], request: Request) -> Answer:
     return _json(200, {"rooms": gateway.hub.room_names()})
 
 
-def _room(gateway: GatewayServer, match: re.Match[str], accept: str, query: str) -> Answer:
+def _room(gateway: GatewayServer, match: re.Match[str], request: Request) -> Answer:
     name = unquote(match["room"])
     info = gateway.hub.room_info(name, gateway.now())
     if info is None:
@@ -75,9 +86,19 @@ def _room(gateway: GatewayServer, match: re.Match[str], accept: str, query: str)
     return _json(200, value)
 
 
-def _history(gateway: GatewayServer, match: re.Match[str], accept: str, query: str) -> Answer:
+def _history(gateway: GatewayServer, match: re.Match[str], request: Request) -> Answer:
+    """Stored messages are readable by whoever may join the room (a Bearer token), or by anyone
+    on a gateway in insecure development mode."""
     name = unquote(match["room"])
-    params = parse_qs(query)
+    if gateway.authenticator is not None:
+        token = request.authorization.removeprefix("Bearer ").strip()
+        try:
+            principal = gateway.authenticator.authenticate(token, time.time())
+        except GatewayError as exc:
+            return _json(401, {"error": f"{exc.message} (send Authorization: Bearer <jwt>)"})
+        if not principal.may_join(name):
+            return _json(403, {"error": f"your token does not allow reading {name!r}"})
+    params = parse_qs(request.query)
     try:
         after = parse_cursor(params.get("after", [""])[0])
         limit = int(params.get("limit", ["100"])[0])
@@ -85,7 +106,7 @@ def _history(gateway: GatewayServer, match: re.Match[str], accept: str, query: s
         return _json(400, {"error": str(exc)})
     if not 1 <= limit <= 1000:
         return _json(400, {"error": "limit must be 1..1000"})
-    return _history_page(gateway, name, after, limit, "application/json" in accept)
+    return _history_page(gateway, name, after, limit, "application/json" in request.accept)
 
 
 async def _history_page(
@@ -125,16 +146,19 @@ _ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
 ]
 
 
-def handle_request(gateway: GatewayServer, method: str, path: str, accept: str) -> Answer:
+def handle_request(
+    gateway: GatewayServer, method: str, path: str, accept: str = "", authorization: str = ""
+) -> Answer:
     """Answer one request, now or later. Unknown paths get 404, other methods 405."""
     bare, _, query = path.partition("?")
+    request = Request(query, accept, authorization)
     allowed = False
     for route_method, pattern, handler in _ROUTES:
         match = pattern.fullmatch(bare)
         if match is None:
             continue
         if route_method == method:
-            return handler(gateway, match, accept, query)
+            return handler(gateway, match, request)
         allowed = True
     if allowed:
         return _json(405, {"error": f"{method} is not allowed on {bare}"})

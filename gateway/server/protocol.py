@@ -138,7 +138,10 @@ class GatewayProtocol(QuicConnectionProtocol):
             self._end_session(self._sessions[event.stream_id])
             return
         accept = headers.get(b"accept", b"").decode("ascii", "replace")
-        answer = http.handle_request(self.gateway, method.decode("ascii", "replace"), path, accept)
+        authorization = headers.get(b"authorization", b"").decode("ascii", "replace")
+        answer = http.handle_request(
+            self.gateway, method.decode("ascii", "replace"), path, accept, authorization
+        )
         if isinstance(answer, http.Response):
             self._respond(event.stream_id, answer)
         else:

@@ -12,6 +12,7 @@ from gateway.core.config import CoreConfig
 from gateway.core.limits import LimitsConfig
 from gateway.errors import ErrorCode, ServerError
 from gateway.sdk.client import connect
+from gateway.sdk.http import get_json
 from gateway.server.app import GatewayServer
 from gateway.server.certs import CertPaths
 from gateway.tokens import mint
@@ -93,3 +94,20 @@ async def test_permissions_rates_and_repeated_violations(
                 # The sender is the token's subject, whatever name the client gave.
                 assert event.message.sender == "alice"
                 break
+
+
+async def test_history_needs_a_token_that_may_join_the_room(
+    secured: GatewayServer, ca_file: Path
+) -> None:
+    alice = token("alice", ["lobby"], ["lobby"])
+    async with connect(chat_url(secured), ca_file=ca_file, token=alice) as c:
+        await c.join("lobby")
+        await c.publish("lobby", b"a rose", priority=Priority.HIGH)  # stored: history has it
+    host, port = secured.address
+    url = f"https://{host}:{port}/v1/rooms/lobby/messages?limit=10"
+    status, _ = await get_json(url, ca_file=ca_file)
+    assert status == 401
+    status, _ = await get_json(url, ca_file=ca_file, token=token("bob", ["elsewhere"], []))
+    assert status == 403
+    status, page = await get_json(url, ca_file=ca_file, token=alice)
+    assert status == 200 and [m["sender"] for m in page["messages"]] == ["alice"]
