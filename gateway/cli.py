@@ -90,40 +90,22 @@ async def _chat(args: argparse.Namespace) -> int:
 
 async def _rooms(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from gateway.sdk.http import get_json
+    from gateway.top import rooms_table
 
     base = args.url.split("/v1/", 1)[0]
     options = _client_options(args)
     console = Console()
     names = args.room or (await get_json(f"{base}/v1/rooms", **options))[1]["rooms"]  # type: ignore[arg-type]
-    table = Table(
-        "room",
-        "mode",
-        "epoch",
-        "shards (id: last seq)",
-        "msgs/s by shard",
-        "room msgs/s",
-        "subscribers",
-    )
+    rooms = []
     for name in names:
         status, info = await get_json(f"{base}/v1/rooms/{name}", **options)  # type: ignore[arg-type]
         if status != 200:
             console.print(f"[red]{name}: {info.get('error', status)}[/red]")
             continue
-        shards = ", ".join(f"{k}: {v}" for k, v in info["shards"].items())
-        rates = ", ".join(f"{k}: {v:.1f}" for k, v in info["velocities"].items())
-        table.add_row(
-            name,
-            info["mode"],
-            str(info["epoch"]),
-            shards,
-            rates,
-            f"{info['room_velocity']:.1f}",
-            str(info["subscribers"]),
-        )
-    console.print(table)
+        rooms.append(info)
+    console.print(rooms_table(rooms))
     return 0
 
 

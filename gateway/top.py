@@ -343,6 +343,11 @@ def _header(now: Scrape, before: Scrape | None) -> Table:
 def _rooms_table(snapshot: Snapshot) -> Table:
     rooms = sorted(snapshot.rooms, key=lambda r: (-float(r.get("room_velocity", 0.0)), r["name"]))
     shown = rooms[: snapshot.max_rooms]
+    return rooms_table(shown, title=f"rooms: {len(shown)} of {snapshot.room_count}, busiest first")
+
+
+def rooms_table(rooms: list[dict[str, Any]], *, title: str | None = None) -> Table:
+    """Rooms as ``GET /v1/rooms/{room}`` describes them, one row each (``skein rooms`` too)."""
     table = Table(
         "room",
         "mode",
@@ -351,12 +356,12 @@ def _rooms_table(snapshot: Snapshot) -> Table:
         "msgs/s by shard",
         "room msgs/s",
         "subscribers",
-        title=f"rooms: {len(shown)} of {snapshot.room_count}, busiest first",
+        title=title,
         expand=False,
     )
     for column in table.columns:
         column.overflow = "fold"
-    for room in shown:
+    for room in rooms:
         shards = ", ".join(f"{k}: {v}" for k, v in room.get("shards", {}).items())
         rates = ", ".join(f"{k}: {v:.1f}" for k, v in room.get("velocities", {}).items())
         table.add_row(
