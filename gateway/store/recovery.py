@@ -21,7 +21,12 @@ from gateway.errors import LocalProtocolError
 from gateway.store.base import Store
 from gateway.store.records import EpochRecord, RoomRecord
 
-__all__ = ["RecoveredRoom", "recover", "restart_epoch"]
+__all__ = ["RESTART_EPOCH_GAP", "RESTART_ID_GAP", "RecoveredRoom", "recover", "restart_epoch"]
+
+# An unstored epoch is at most one reshard (reshards are cooldown_s apart, commits take ms) with
+# at most max_shards new ids; these gaps exceed both with room to spare (clocks allow 1024 entries).
+RESTART_EPOCH_GAP = 16
+RESTART_ID_GAP = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,20 +60,26 @@ def restart_epoch(
     ``sealed`` holds the last epoch's shards with a mark above 0, ``base_sum`` grows by their sum
     (as ``Room.reshard`` does), and the new shards (``shard_count`` of them; by default as many as
     the last epoch had, else 1) take ids above every shard id in ``epochs`` and ``high_water``.
-    With no epoch stored the room starts at epoch 1 with nothing sealed.
+    With no epoch stored the room starts with nothing sealed.
+
+    The epoch number and the shard ids leave a gap (``RESTART_EPOCH_GAP``, ``RESTART_ID_GAP``)
+    above everything stored: a reshard's ShardMap reaches clients before its epoch record is
+    committed, so a crash in that window can leave clients knowing one epoch (and up to
+    ``max_shards`` shard ids) the store never heard of. The gap keeps the restart epoch from
+    reusing that epoch's number or ids, which clients would take as a contradiction.
     """
     last = epochs[-1] if epochs else None
     count = shard_count or (len(last.shards) if last else 1)
     if count < 1:
         raise LocalProtocolError(f"a restart epoch needs at least one shard, got {count}")
     known = [s for e in epochs for s in e.shards] + list(high_water)
-    first = max(known, default=0) + 1
+    first = max(known, default=0) + RESTART_ID_GAP
     if last is None:
-        return EpochRecord(room, 1, tuple(range(first, first + count)), {}, 0)
+        return EpochRecord(room, RESTART_EPOCH_GAP, tuple(range(first, first + count)), {}, 0)
     sealed = {s: high_water[s] for s in last.shards if high_water.get(s, 0) > 0}
     return EpochRecord(
         room,
-        last.epoch + 1,
+        last.epoch + RESTART_EPOCH_GAP,
         tuple(range(first, first + count)),
         sealed,
         last.base_sum + sum(sealed.values()),

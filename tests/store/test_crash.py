@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.store.base import next_cursor
-from gateway.store.recovery import recover
+from gateway.store.recovery import RESTART_EPOCH_GAP, RESTART_ID_GAP, recover
 from gateway.store.sqlite import SqliteStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,6 +73,7 @@ def test_acked_messages_survive_kill_9(tmp_path: Path, mode: str) -> None:
         (room,) = recover(store)
         assert room.room.incarnation == 4242
         assert room.current.sealed == {1: mark}
-        assert room.current.epoch == 2 and room.current.shards == (2,)
+        assert room.current.epoch == 1 + RESTART_EPOCH_GAP
+        assert room.current.shards == (1 + RESTART_ID_GAP,)
     finally:
         store.close()

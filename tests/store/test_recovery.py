@@ -9,16 +9,18 @@ import pytest
 from gateway.errors import LocalProtocolError
 from gateway.store.base import Store
 from gateway.store.records import EpochRecord, RoomRecord
-from gateway.store.recovery import recover, restart_epoch
+from gateway.store.recovery import RESTART_EPOCH_GAP, RESTART_ID_GAP, recover, restart_epoch
 from tests.store.factories import msg
 
 
 def test_restart_seals_the_last_epoch_at_its_marks() -> None:
     epochs = [EpochRecord("r", 1, (1,), {}, 0), EpochRecord("r", 2, (2, 3, 4), {1: 10}, 10)]
     new = restart_epoch("r", epochs, {1: 10, 2: 7, 3: 0})
-    assert new == EpochRecord("r", 3, (5, 6, 7), {2: 7}, 17)
-    assert restart_epoch("r", epochs, {9: 1}, shard_count=1).shards == (10,)  # above any known id
-    assert restart_epoch("r", [], {}) == EpochRecord("r", 1, (1,), {}, 0)
+    # A gap above what is stored: clients may know an epoch the crash kept from the store.
+    assert new == EpochRecord("r", 2 + RESTART_EPOCH_GAP, (1028, 1029, 1030), {2: 7}, 17)
+    assert RESTART_ID_GAP == 1024
+    assert restart_epoch("r", epochs, {9: 1}, shard_count=1).shards == (9 + 1024,)
+    assert restart_epoch("r", [], {}) == EpochRecord("r", RESTART_EPOCH_GAP, (1024,), {}, 0)
     with pytest.raises(LocalProtocolError):
         restart_epoch("r", epochs, {}, shard_count=-1)
 
@@ -34,14 +36,18 @@ def test_recover_stores_the_restart_epoch_and_a_second_crash_seals_it(
 
     lobby, quiet = recover(store)
     assert lobby.room == RoomRecord("lobby", 77, "group")
-    assert lobby.current == EpochRecord("lobby", 2, (3, 4), {1: 4, 2: 6}, 10)
-    assert lobby.next_shard_id == 5
+    assert lobby.current == EpochRecord(
+        "lobby", 1 + RESTART_EPOCH_GAP, (1026, 1027), {1: 4, 2: 6}, 10
+    )
+    assert lobby.next_shard_id == 1028
     assert lobby.high_water == {1: 4, 2: 6}
     assert store.epochs("lobby")[-1] == lobby.current
-    assert quiet.current == EpochRecord("quiet", 1, (1,), {}, 0)
+    assert quiet.current == EpochRecord("quiet", RESTART_EPOCH_GAP, (1024,), {}, 0)
 
-    store.append([msg(1, shard=4)], {("lobby", 4): 2})  # the restarted gateway ran a while
+    store.append([msg(1, shard=1026)], {("lobby", 1026): 2})  # the restarted gateway ran a while
     lobby, _ = recover(store, shard_count=1)
-    assert lobby.current == EpochRecord("lobby", 3, (5,), {4: 2}, 12)
-    assert [e.epoch for e in lobby.epochs] == [1, 2, 3]
+    assert lobby.current == EpochRecord(
+        "lobby", 1 + 2 * RESTART_EPOCH_GAP, (1027 + 1024,), {1026: 2}, 12
+    )
+    assert [e.epoch for e in lobby.epochs] == [1, 1 + RESTART_EPOCH_GAP, 1 + 2 * RESTART_EPOCH_GAP]
     assert [m.seq for m in store.read("lobby", 2, 1, 10, 10)] == [5]  # stored seqs untouched
