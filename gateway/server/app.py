@@ -34,6 +34,7 @@ from gateway.server.webapp import install as install_webapp
 __all__ = ["GatewayServer", "run"]
 
 log = logging.getLogger("skein.server")
+_CONNECTION_REFUSED = 0x2  # RFC 9000 transport error CONNECTION_REFUSED
 
 
 @dataclass(slots=True)
@@ -80,6 +81,8 @@ class GatewayServer:
         self.address: tuple[str, int] = (config.host, config.port)
         self._routes: dict[int, _Route] = {}
         self._reads: set[asyncio.Task[None]] = set()
+        self._connections = config.core.limits.connection_counter()
+        self._admitted: dict[GatewayProtocol, str] = {}
         self._budget = config.core.send_budget_bytes
         self._next_conn_id = 1
         self._protocols: set[GatewayProtocol] = set()
@@ -231,10 +234,30 @@ class GatewayServer:
     def connection_closed(self, protocol: GatewayProtocol) -> None:
         self._protocols.discard(protocol)
         self.counters["connections_closed"] += 1
+        host = self._admitted.pop(protocol, None)
+        if host is not None:
+            self._connections.close(host)
 
     def handshake_completed(self, protocol: GatewayProtocol) -> None:
-        self._protocols.add(protocol)
+        """Admit a connection within ``max_connections`` (in total and per source address), or
+        close it with CONNECTION_REFUSED. The address is the one it connected from: a migrated
+        connection stays counted there."""
         self.counters["handshakes"] += 1
+        peer = protocol._quic.get_peer_address()
+        host = str(peer[0]) if peer else ""
+        if not self._connections.try_open(host):
+            self.counters["connections_refused"] += 1
+            log.warning(
+                "connection refused: too many connections",
+                extra={"event": "connection_refused", "cid": protocol.cid, "from": host},
+            )
+            protocol.close(
+                error_code=_CONNECTION_REFUSED,
+                reason_phrase="too many connections (in total or from this address)",
+            )
+            return
+        self._admitted[protocol] = host
+        self._protocols.add(protocol)
 
     @property
     def connection_count(self) -> int:

@@ -10,7 +10,7 @@ import pytest
 from gateway.core.auth import AuthConfig
 from gateway.core.config import CoreConfig
 from gateway.core.limits import LimitsConfig
-from gateway.errors import ErrorCode, ServerError
+from gateway.errors import ErrorCode, GatewayError, ServerError
 from gateway.sdk.client import connect
 from gateway.sdk.http import get_json
 from gateway.server.app import GatewayServer
@@ -111,3 +111,36 @@ async def test_history_needs_a_token_that_may_join_the_room(
     assert status == 403
     status, page = await get_json(url, ca_file=ca_file, token=alice)
     assert status == 200 and [m["sender"] for m in page["messages"]] == ["alice"]
+
+
+async def test_connections_are_capped_per_source_address(certs: CertPaths, ca_file: Path) -> None:
+    from tests.conftest import GENEROUS
+
+    limits = LimitsConfig(
+        max_connections_per_address=2,
+        publish_rate_per_connection_per_s=GENEROUS.publish_rate_per_connection_per_s,
+        publish_burst_per_connection=GENEROUS.publish_burst_per_connection,
+    )
+    server = GatewayServer(server_config(certs, CoreConfig(limits=limits)))
+    await server.start()
+    try:
+        url = chat_url(server)
+        async with (
+            connect(url, ca_file=ca_file, name="a") as a,
+            connect(url, ca_file=ca_file, name="b") as b,
+        ):
+            with pytest.raises((ServerError, GatewayError, ConnectionError, TimeoutError)):
+                async with connect(
+                    url, ca_file=ca_file, name="c", reconnect=False, request_timeout_s=5.0
+                ):
+                    pass
+            assert server.connection_count == 2
+            await a.join("r")
+            await b.join("r")
+            assert (await a.publish("r", b"still fine")).seq == 1
+        assert server.counters["connections_refused"] >= 1
+        # Once those two are gone, the address may connect again.
+        async with connect(url, ca_file=ca_file, name="d") as d:
+            await d.join("r")
+    finally:
+        await server.close()
