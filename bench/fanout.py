@@ -194,7 +194,7 @@ def run(quick: bool) -> list[Figure]:
         "unbatched (tick 0), lz4": "tick_ms = 0.0\n",
     }
     base = (
-        "[core.limits]\npublish_rate_per_connection_per_s = 1e5\n"
+        "[core.limits]\nmax_connections_per_address = 100000\npublish_rate_per_connection_per_s = 1e5\n"
         "publish_burst_per_connection = 1e5\njoin_rate_per_connection_per_s = 1e5\n"
         'join_burst_per_connection = 1e5\n[store]\nkind = "memory"\n'
         '[auth]\nmode = "insecure-dev"\n'

@@ -26,6 +26,7 @@ from bench.gateway import RunningGateway, gateway_process
 # they measure the network path, not auth, and keep nothing.
 BENCH_GATEWAY = """
 [core.limits]
+max_connections_per_address = 100000
 publish_rate_per_connection_per_s = 100000.0
 publish_burst_per_connection = 100000.0
 [store]

@@ -135,6 +135,8 @@ def start_gateway(
         f"private_key_file = {json.dumps(str(certs.key))}\n"
         # The demo measures the network path, not auth: loadgen's clients carry no tokens.
         '[auth]\nmode = "insecure-dev"\n'
+        # Every simulated phone connects from 127.0.0.1: lift the per-address cap.
+        "[core.limits]\nmax_connections_per_address = 100000\n"
         f'[store]\nkind = "sqlite"\npath = {json.dumps(str(out_dir / "demo-store.db"))}\n',
         encoding="utf-8",
     )
