@@ -17,12 +17,21 @@ import fnmatch
 import secrets
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from gateway.core.auth import Authenticator, Principal
+from gateway.core.batching import MAX_BATCH_BYTES, batches, capped, plan_shedding
 from gateway.core.config import CoreConfig
 from gateway.core.limits import TokenBucket
+from gateway.core.outputs import (
+    Close,
+    Output,
+    Persist,
+    RoomChanged,
+    RoomInfo,
+    Send,
+    StoreRead,
+)
 from gateway.core.room import Room, RoomMode
 from gateway.core.session import Session, State
 from gateway.core.shard import Entry
@@ -55,76 +64,6 @@ __all__ = [
 CAPABILITIES = ("lz4",)
 _VIOLATIONS = frozenset({ErrorCode.FORBIDDEN, ErrorCode.UNAUTHENTICATED})
 _PRIORITY_NAMES = {p: p.name.lower() for p in f.Priority}  # stats keys, named once
-_MAX_BATCH_BYTES = 1 << 20  # one Deliver/Fetched frame stays below this (clients allow 16 MiB)
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Write ``data`` (complete, length-prefixed frames) to the stream of each connection."""
-
-    conn_ids: tuple[int, ...]
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Persist:
-    """Store these sequenced messages durably, then call :meth:`Hub.persisted` with them (or
-    :meth:`Hub.persist_failed`). Their publishers are acked, and subscribers notified, only then.
-    Batch them: everything persisted in one tick can be one group commit."""
-
-    room: str
-    entries: tuple[Entry, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RoomChanged:
-    """(Durable hubs) Record a room, or its new epoch, in the store: ``created`` for a new room
-    (store its incarnation and mode too), else a split or merge made ``shard_map``."""
-
-    room: str
-    incarnation: int
-    mode: str
-    shard_map: f.ShardMap
-    created: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StoreRead:
-    """(Durable hubs) Serve ``from_seq..to_seq`` of a shard from the store to one connection:
-    as a Fetched answer to ``request_id``, or, with request_id 0, as a Deliver replay. Seqs the
-    store never held (chatter) go as tombstones, so the client passes over them."""
-
-    conn_id: int
-    room: str
-    shard: int
-    from_seq: int
-    to_seq: int
-    request_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    """End this connection's session with an error code (the Error frame was already sent)."""
-
-    conn_id: int
-    code: ErrorCode
-    reason: str
-
-
-Output = Send | Close | Persist | RoomChanged | StoreRead
-
-
-@dataclass(frozen=True, slots=True)
-class RoomInfo:
-    """What ``skein rooms`` shows about a room."""
-
-    name: str
-    mode: str
-    epoch: int
-    shards: dict[int, int]  # shard id -> last seq
-    velocities: dict[int, float]  # shard id -> smoothed msgs/s
-    room_velocity: float
-    subscribers: int
 
 
 class Hub:
@@ -451,7 +390,7 @@ class Hub:
         self._send_frame(session, joined)
         for shard_id, lo, to in older:  # from the store first: the client orders them anyway
             self._outputs.append(StoreRead(session.conn_id, room.name, shard_id, lo, to, 0))
-        for batch in _batches(replay, _MAX_BATCH_BYTES):
+        for batch in batches(replay, MAX_BATCH_BYTES):
             data = delimit(deliver_frame(encode_deliver(room.name, batch)))
             self._outputs.append(Send((session.conn_id,), data))
 
@@ -650,7 +589,7 @@ class Hub:
                 return
         start = max(frame.from_seq, shard.first_seq)
         to_seq = min(frame.to_seq, start + self.config.max_fetch_messages - 1)
-        entries = _capped(shard.entries(start, to_seq), _MAX_BATCH_BYTES)
+        entries = capped(shard.entries(start, to_seq), MAX_BATCH_BYTES)
         self.stats.fetches += 1
         first = shard.first_seq if frame.from_seq < shard.first_seq and not self.durable else 0
         fetched = f.Fetched(
@@ -717,7 +656,7 @@ class Hub:
         """The common case: one encoding (and at most one lz4 compression) for everyone."""
         groups: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # (plain, lz4), made once
         stats = self.stats
-        for batch in _batches(pending, _MAX_BATCH_BYTES):
+        for batch in batches(pending, MAX_BATCH_BYTES):
             deliver = encode_deliver(room, batch)
             stats.batches += 1
             stats.batch_messages += len(batch)
@@ -758,7 +697,7 @@ class Hub:
                 session.shed += 1
                 shed[m.priority.name.lower()] += 1
         self.stats.deliveries += sum(keep)
-        for batch in _batches(items, _MAX_BATCH_BYTES):
+        for batch in batches(items, MAX_BATCH_BYTES):
             data = delimit(deliver_frame(encode_deliver(room, batch, session.shed)))
             session.shed = 0
             self._send_all((session.conn_id,), data)
@@ -801,41 +740,3 @@ class Hub:
             self._checks.pop(room.name, None)
         else:
             self._checks[room.name] = check
-
-
-def plan_shedding(
-    priorities: list[f.Priority], backlog_bytes: int, budget_bytes: int
-) -> list[bool]:
-    """Which messages of a batch a connection with ``backlog_bytes`` waiting still gets.
-
-    Lowest priority first: at or over the budget chatter is shed; at or over twice the budget
-    normal messages too; high-priority messages are never shed. So a message is never shed while
-    one of lower priority in the same batch is kept.
-    """
-    if backlog_bytes < budget_bytes:
-        return [True] * len(priorities)
-    floor = f.Priority.HIGH if backlog_bytes >= 2 * budget_bytes else f.Priority.NORMAL
-    return [p >= floor for p in priorities]
-
-
-def _capped(entries: list[Entry], max_bytes: int) -> list[Entry]:
-    """The longest prefix of ``entries`` whose encodings fit in ``max_bytes`` (at least one)."""
-    size = 0
-    for i, entry in enumerate(entries):
-        size += len(entry.encoded)
-        if size > max_bytes and i:
-            return entries[:i]
-    return entries
-
-
-def _batches(encoded: list[bytes], max_bytes: int) -> Iterable[list[bytes]]:
-    batch: list[bytes] = []
-    size = 0
-    for item in encoded:
-        if batch and size + len(item) > max_bytes:
-            yield batch
-            batch, size = [], 0
-        batch.append(item)
-        size += len(item)
-    if batch:
-        yield batch

@@ -5,8 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.core.batching import plan_shedding
 from gateway.core.config import CoreConfig
-from gateway.core.hub import Close, Hub, Persist, plan_shedding
+from gateway.core.hub import Close, Hub, Persist
 from gateway.errors import ErrorCode
 from gateway.wire import frames as f
 from tests.core.test_hub import Peer, pump, tick
