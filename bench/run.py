@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import fanout, handoff, sequencing
+from bench import connections, fanout, handoff, sequencing
 from bench.common import Figure, machine_info
 from bench.gateway import RunningGateway, gateway_process
 
@@ -38,6 +38,7 @@ mode = "insecure-dev"
 SUITES: dict[str, Callable[[bool], list[Figure]]] = {
     "sequencing": sequencing.run,
     "fanout": fanout.run,
+    "connections": connections.run,
 }
 GATEWAY_SUITES: dict[str, Callable[[RunningGateway, bool], list[Figure]]] = {
     "handoff": handoff.run,

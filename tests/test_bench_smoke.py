@@ -17,6 +17,9 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     assert {f"vector clock bytes per message, {n} shard(s)" for n in (1, 4, 16)} <= names
     assert any("0-RTT" in n for n in names)
     assert any("across a migrate" in n for n in names)
+    assert any(n.startswith("gateway CPU per delivery") for n in names)
+    assert any(n.startswith("gateway memory per idle session") for n in names)
+    assert "gateway CPU per session opened" in names
     assert result["machine"]["cores"] >= 1
     for fig in result["figures"]:
         assert fig["value"] == fig["value"], f"{fig['name']} is NaN"  # measured, not missing
