@@ -46,10 +46,18 @@ class RunningGateway:
 
 
 @contextlib.contextmanager
-def gateway_process(config_toml: str = "", *, timeout_s: float = 30.0) -> Iterator[RunningGateway]:
-    """Start ``skein serve`` on a free port with ``config_toml``; stop it on exit."""
-    certs = ensure_dev_certs(Path("certs"))
-    port = free_udp_port()
+def gateway_process(
+    config_toml: str = "",
+    *,
+    port: int | None = None,
+    certs: CertPaths | None = None,
+    timeout_s: float = 30.0,
+) -> Iterator[RunningGateway]:
+    """Start ``skein serve`` with ``config_toml`` on ``port`` (a free one by default) with
+    ``certs`` (the development ones by default); stop it on exit. Used by the benchmarks and by
+    tests that need a gateway in its own process (to kill it, say)."""
+    certs = certs or ensure_dev_certs(Path("certs"))
+    port = port or free_udp_port()
     config = Path(f"/tmp/skein-bench-{os.getpid()}-{port}.toml")
     config.write_text(config_toml)
     proc = subprocess.Popen(

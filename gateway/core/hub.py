@@ -87,6 +87,13 @@ class Hub:
         self.durable = durable
         self.authenticator = authenticator
         self.wall_offset_s = 0.0
+        limits = self.config.limits
+        # How full a room's publish bucket must be to take each priority: chatter goes first.
+        self._room_floor = {
+            f.Priority.CHATTER: limits.publish_burst_per_room / 2,
+            f.Priority.NORMAL: 1.0,
+            f.Priority.HIGH: float("-inf"),
+        }
         self._tick_s = self.config.tick_ms / 1000.0
         self.stats = HubStats()
         self._sessions: dict[int, Session] = {}
@@ -343,6 +350,7 @@ class Hub:
                 initial_shards=self.config.sharding.min_shards,
                 incarnation=secrets.randbits(63) or 1,
             )
+            room.bucket = self._room_bucket()
             self._rooms[name] = room
             self._room_changed(room, created=True)
             self.stats.shards_opened += len(room.current_shards)
@@ -432,7 +440,7 @@ class Hub:
                 waiting.append((session.conn_id, frame.request_id, frame.client_msg_id))
                 return
         else:
-            self.stats.published[frame.priority.name.lower()] += 1
+            self.stats.published[_PRIORITY_NAMES[frame.priority]] += 1
             self._arrivals.setdefault(room.name, deque()).append(now)
             if reliable:
                 assert published.entry is not None
@@ -463,17 +471,12 @@ class Hub:
                 code=ErrorCode.RATE_LIMITED,
                 request_id=frame.request_id,
             )
-        limits = self.config.limits
-        if room.bucket is None:
-            room.bucket = TokenBucket(
-                limits.publish_rate_per_room_per_s, limits.publish_burst_per_room
-            )
-        level = room.bucket.available(now)
-        floor = {f.Priority.CHATTER: limits.publish_burst_per_room / 2, f.Priority.NORMAL: 1.0}
-        if level < floor.get(frame.priority, float("-inf")):
-            self.stats.shed[frame.priority.name.lower()] += 1
+        assert room.bucket is not None
+        if room.bucket.available(now) < self._room_floor[frame.priority]:
+            name = _PRIORITY_NAMES[frame.priority]
+            self.stats.shed[name] += 1
             raise Rejected(
-                f"room {room.name!r} is over its publish rate: {frame.priority.name.lower()} "
+                f"room {room.name!r} is over its publish rate: {name} "
                 "messages are shed first; retry later",
                 code=ErrorCode.RATE_LIMITED,
                 request_id=frame.request_id,
@@ -540,6 +543,7 @@ class Hub:
             incarnation=incarnation,
         )
         room.restore(maps, high_water, next_shard_id, now)
+        room.bucket = self._room_bucket()
         self._rooms[name] = room
 
     def high_water(self, name: str) -> dict[int, int]:
@@ -554,6 +558,10 @@ class Hub:
             self._outputs.append(
                 RoomChanged(room.name, room.incarnation, room.mode.value, room.shard_map, created)
             )
+
+    def _room_bucket(self) -> TokenBucket:
+        limits = self.config.limits
+        return TokenBucket(limits.publish_rate_per_room_per_s, limits.publish_burst_per_room)
 
     def _mark_dirty(self, room: Room, now: float) -> None:
         self._dirty.add(room.name)
@@ -695,7 +703,7 @@ class Hub:
             else:
                 items.append(encode_tombstone(m.shard, m.seq))
                 session.shed += 1
-                shed[m.priority.name.lower()] += 1
+                shed[_PRIORITY_NAMES[m.priority]] += 1
         self.stats.deliveries += sum(keep)
         for batch in batches(items, MAX_BATCH_BYTES):
             data = delimit(deliver_frame(encode_deliver(room, batch, session.shed)))

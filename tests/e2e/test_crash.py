@@ -5,85 +5,47 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import os
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bench.gateway import free_udp_port, gateway_process
 from gateway.errors import GatewayError
 from gateway.sdk.client import connect
 from gateway.sdk.http import get_json
 from gateway.server.certs import CertPaths
 from gateway.wire.frames import Priority
-from tests.e2e.test_cli import free_udp_port
+from loadgen.relay import UdpRelay
 
 TIMEOUT_S = 60.0
 ACKS_BEFORE_KILL = 150
 
 
-@contextlib.contextmanager
-def gateway(certs: CertPaths, port: int, config: Path) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--config",
-            str(config),
-            "--admin-port",
-            "-1",
-            "--cert",
-            str(certs.cert),
-            "--key",
-            str(certs.key),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert proc.stdout is not None
-        for _ in range(200):
-            line = proc.stdout.readline()
-            if "serving HTTP/3" in line or not line:
-                break
-        assert proc.poll() is None, "the gateway did not start"
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-
-
 @pytest.fixture
-def durable_config(tmp_path: Path) -> Path:
-    config = tmp_path / "gateway.toml"
-    config.write_text(
+def durable_config(tmp_path: Path) -> str:
+    return (
         f'[store]\nkind = "sqlite"\npath = "{tmp_path / "skein.db"}"\nfsync = "normal"\n'
         "[core.limits]\npublish_rate_per_connection_per_s = 1e5\n"
         "publish_burst_per_connection = 1e5\n"
         '[auth]\nmode = "insecure-dev"\n'
     )
-    return config
 
 
 async def test_acked_reliable_messages_survive_kill_9(
-    certs: CertPaths, ca_file: Path, durable_config: Path
+    certs: CertPaths, ca_file: Path, durable_config: str
 ) -> None:
     port = free_udp_port()
     url = f"https://127.0.0.1:{port}/v1/chat"
     acked: set[bytes] = set()
-    with gateway(certs, port, durable_config) as first:
-        sub_ctx = connect(url, name="sub", ca_file=ca_file, idle_timeout_s=2.0, keepalive_s=0.5)
+    # The subscriber reaches the gateway through a relay: the test can cut its path so that
+    # acked messages reach it only by resuming (from the store) after the restart.
+    relay = await UdpRelay.start(("127.0.0.1", port))
+    relay_url = f"https://127.0.0.1:{relay.address[1]}/v1/chat"
+    with gateway_process(durable_config, port=port, certs=certs) as first:
+        sub_ctx = connect(
+            relay_url, name="sub", ca_file=ca_file, idle_timeout_s=2.0, keepalive_s=0.5
+        )
         sub = await sub_ctx.__aenter__()
         try:
             await sub.join("vault")
@@ -107,18 +69,19 @@ async def test_acked_reliable_messages_survive_kill_9(
                         await pub.publish("vault", body, priority=Priority.HIGH)
                         acked.add(body)
 
+                relay.blackhole(True)  # the subscriber's path goes dark before anything is sent
                 tasks = [asyncio.create_task(publisher(n)) for n in range(4)]
                 for _ in range(int(TIMEOUT_S * 20)):
                     if len(acked) >= ACKS_BEFORE_KILL:
                         break
                     await asyncio.sleep(0.05)
-                first.send_signal(signal.SIGKILL)  # mid-stream, with publishes in flight
-                first.wait(10)
+                first.process.send_signal(signal.SIGKILL)  # mid-stream, with publishes in flight
+                first.process.wait(10)
                 done = await asyncio.gather(*tasks, return_exceptions=True)
                 assert all(isinstance(r, GatewayError | TimeoutError) for r in done)
             assert len(acked) >= ACKS_BEFORE_KILL
 
-            with gateway(certs, port, durable_config):
+            with gateway_process(durable_config, port=port, certs=certs):
                 # History over HTTP/3, paged with the cursor.
                 history: list[bytes] = []
                 after = ""
@@ -137,9 +100,12 @@ async def test_acked_reliable_messages_survive_kill_9(
                 )
                 assert len(history) == len(set(history))  # stored once each
 
-                # The subscriber reconnected by itself and resumed from its cursor.
+                # Its path comes back: it reconnects by itself and resumes from its cursor; every
+                # acked message must come from the restarted gateway's store.
+                assert not acked & set(received), "the dark path delivered something"
+                relay.blackhole(False)
                 for _ in range(int(TIMEOUT_S * 10)):
-                    if acked <= set(received):
+                    if sub.stats.reconnects >= 1 and acked <= set(received):
                         break
                     await asyncio.sleep(0.1)
                 assert acked <= set(received), f"not resumed: {len(acked - set(received))} missing"
@@ -148,3 +114,4 @@ async def test_acked_reliable_messages_survive_kill_9(
             receiver.cancel()
         finally:
             await sub_ctx.__aexit__(None, None, None)
+            await relay.close()
