@@ -12,6 +12,8 @@ from gateway.errors import ErrorCode, GatewayError
 
 __all__ = ["main"]
 
+ENGINES = ("aioquic", "qh3")  # as gateway.engine.ENGINES, which can't be imported before the choice
+
 DEFAULT_URL = "https://127.0.0.1:4433/v1/chat"
 DEFAULT_CA = Path("certs/ca.pem")
 
@@ -148,9 +150,11 @@ def _parser() -> argparse.ArgumentParser:
         help="TCP port for /healthz, /readyz, /metrics and the browser page (default 9433; "
         "0 picks a free port, -1 disables it)",
     )
+    engine_flag(serve)
     serve.set_defaults(run=_serve)
 
     def client_flags(p: argparse.ArgumentParser) -> None:
+        engine_flag(p)
         p.add_argument("--url", default=DEFAULT_URL, help=f"gateway URL (default {DEFAULT_URL})")
         p.add_argument("--ca", type=Path, help="CA to verify the gateway (default certs/ca.pem)")
         p.add_argument("--insecure", action="store_true", help="skip certificate verification")
@@ -206,8 +210,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def engine_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quic-engine",
+        choices=ENGINES,
+        help="QUIC implementation: aioquic (default, pure Python) or qh3 (native packet core, "
+        "less CPU per packet); also $SKEIN_QUIC_ENGINE",
+    )
+
+
+def _choose_engine(argv: list[str]) -> None:
+    """Apply --quic-engine before any network module is imported (the engine is per process)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--quic-engine", choices=ENGINES)
+    known, _ = pre.parse_known_args(argv)
+    if known.quic_engine:
+        os.environ["SKEIN_QUIC_ENGINE"] = known.quic_engine
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    _choose_engine(argv)
     if argv[:1] == ["loadgen"]:
         # loadgen has its own parser and --help; every argument after "loadgen" is its own.
         from loadgen.cli import main as loadgen_main

@@ -26,18 +26,24 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from aioquic.asyncio.client import connect as quic_connect
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.h3.connection import H3_ALPN, H3Connection
-from aioquic.h3.events import DataReceived, HeadersReceived
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import ConnectionTerminated, QuicEvent
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
+
+from gateway.engine import (
+    H3_ALPN,
+    ConnectionTerminated,
+    DataReceived,
+    H3Connection,
+    HeadersReceived,
+    QuicConfiguration,
+    QuicConnectionProtocol,
+    QuicEvent,
+    quic_connect,
+)
 
 __all__ = [
     "Scrape",

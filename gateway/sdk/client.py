@@ -29,19 +29,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.h3.connection import H3_ALPN, H3Connection
-from aioquic.h3.events import HeadersReceived
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import (
+from gateway.engine import (
+    H3_ALPN,
     ConnectionTerminated,
+    H3Connection,
     HandshakeCompleted,
+    HeadersReceived,
+    QuicConfiguration,
+    QuicConnection,
+    QuicConnectionProtocol,
     QuicEvent,
+    SessionTicket,
     StreamDataReceived,
 )
-from aioquic.tls import SessionTicket
-
 from gateway.errors import ConnectionLost, ErrorCode, GatewayError, LocalProtocolError, ServerError
 from gateway.sdk.session import (
     Answer,

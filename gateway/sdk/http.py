@@ -9,12 +9,16 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from aioquic.asyncio.client import connect as quic_connect
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.h3.connection import H3_ALPN, H3Connection
-from aioquic.h3.events import DataReceived, HeadersReceived
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import QuicEvent
+from gateway.engine import (
+    H3_ALPN,
+    DataReceived,
+    H3Connection,
+    HeadersReceived,
+    QuicConfiguration,
+    QuicConnectionProtocol,
+    QuicEvent,
+    quic_connect,
+)
 
 __all__ = ["get_json"]
 

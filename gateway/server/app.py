@@ -16,14 +16,18 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 
-from aioquic.asyncio.server import QuicServer, serve
-from aioquic.h3.connection import H3_ALPN
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import NetworkAddress
-from aioquic.tls import SessionTicket
-
 from gateway.core.auth import Authenticator
 from gateway.core.hub import Close, Hub, Output, Persist, RoomChanged, Send, StoreRead
+from gateway.engine import (
+    H3_ALPN,
+    NetworkAddress,
+    QuicConfiguration,
+    QuicServer,
+    SessionTicket,
+    engine_version,
+    peer_address,
+    serve,
+)
 from gateway.server.admin import AdminServer, Reply
 from gateway.server.config import ServerConfig
 from gateway.server.metrics import install as install_metrics
@@ -164,7 +168,12 @@ class GatewayServer:
         sockname = transport.get_extra_info("sockname")
         self.address = (sockname[0], sockname[1])
         log.info(
-            "serving", extra={"event": "serving", "address": f"{self.address[0]}:{self.address[1]}"}
+            "serving",
+            extra={
+                "event": "serving",
+                "address": f"{self.address[0]}:{self.address[1]}",
+                "engine": engine_version(),
+            },
         )
 
     def _readyz(self, _query: str) -> Reply:
@@ -243,7 +252,7 @@ class GatewayServer:
         close it with CONNECTION_REFUSED. The address is the one it connected from: a migrated
         connection stays counted there."""
         self.counters["handshakes"] += 1
-        peer = protocol._quic.get_peer_address()
+        peer = peer_address(protocol._quic)
         host = str(peer[0]) if peer else ""
         if not self._connections.try_open(host):
             self.counters["connections_refused"] += 1

@@ -13,24 +13,24 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.h3.connection import H3_ALPN, H3Connection
-from aioquic.h3.events import (
+from gateway.engine import (
+    H3_ALPN,
+    ConnectionTerminated,
     DatagramReceived,
     DataReceived,
+    H3Connection,
     H3Event,
-    HeadersReceived,
-    WebTransportStreamDataReceived,
-)
-from aioquic.quic.connection import NetworkAddress
-from aioquic.quic.events import (
-    ConnectionTerminated,
     HandshakeCompleted,
+    HeadersReceived,
+    NetworkAddress,
     ProtocolNegotiated,
+    QuicConnectionProtocol,
     QuicEvent,
     StreamReset,
+    WebTransportStreamDataReceived,
+    peer_address,
+    unacked_bytes,
 )
-
 from gateway.server import http
 
 if TYPE_CHECKING:
@@ -72,9 +72,9 @@ class GatewayProtocol(QuicConnectionProtocol):
     # ---- asyncio / aioquic hooks ----------------------------------------------------------------
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
-        before = self._quic.get_peer_address()
+        before = peer_address(self._quic)
         super().datagram_received(data, addr)
-        after = self._quic.get_peer_address()
+        after = peer_address(self._quic)
         if before is not None and after is not None and after != before:
             self.gateway.path_changed(self, before, after)
 
@@ -233,12 +233,8 @@ class GatewayProtocol(QuicConnectionProtocol):
 
     def queued_bytes(self, stream_id: int) -> int:
         """Bytes written to a stream and not yet acknowledged by the client (queued or in
-        flight): the connection's backlog. Reads aioquic's sender, the one place that knows."""
-        stream = self._quic._streams.get(stream_id)
-        if stream is None:
-            return 0
-        sender = stream.sender
-        return int(sender._buffer_stop - sender._buffer_start)
+        flight): the connection's backlog. The engine's sender is the one place that knows."""
+        return unacked_bytes(self._quic, stream_id)
 
     def finish_session(self, stream_id: int) -> None:
         """End a session the gateway closed: FIN its frame stream and its CONNECT stream."""
