@@ -75,9 +75,9 @@ if TYPE_CHECKING or ENGINE == "aioquic":
         StreamReset,
     )
     from aioquic.tls import SessionTicket
-else:  # pragma: no cover - exercised in subprocesses with SKEIN_QUIC_ENGINE=qh3
+else:  # pragma: no cover - exercised with SKEIN_QUIC_ENGINE=qh3
     from qh3.asyncio.client import connect as quic_connect
-    from qh3.asyncio.protocol import QuicConnectionProtocol
+    from qh3.asyncio.protocol import QuicConnectionProtocol as _Qh3Protocol
     from qh3.asyncio.server import QuicServer, serve
     from qh3.h3.connection import H3_ALPN, H3Connection
     from qh3.h3.events import (
@@ -100,6 +100,17 @@ else:  # pragma: no cover - exercised in subprocesses with SKEIN_QUIC_ENGINE=qh3
     from qh3.tls import SessionTicket
 
 
+if not TYPE_CHECKING and ENGINE == "qh3":  # pragma: no cover - exercised with SKEIN_QUIC_ENGINE=qh3
+
+    class QuicConnectionProtocol(_Qh3Protocol):
+        """qh3's protocol with aioquic's ``close(error_code, reason_phrase)``: qh3's own
+        ``close()`` takes no arguments and always closes with NO_ERROR."""
+
+        def close(self, error_code: int = 0, reason_phrase: str = "") -> None:
+            self._quic.close(error_code=error_code, reason_phrase=reason_phrase)
+            self.transmit()
+
+
 def engine_version() -> str:
     """``"aioquic 1.2.0"``: the engine and its version, for logs and benchmark results."""
     from importlib.metadata import version
@@ -108,16 +119,38 @@ def engine_version() -> str:
 
 
 def peer_address(quic: Any) -> NetworkAddress | None:
-    """The address the connection currently sends to (it changes when the peer migrates)."""
-    address: NetworkAddress | None = quic.get_peer_address()  # aioquic >= 1.2
-    return address
+    """The address the connection currently sends to (it changes when the peer migrates), or
+    None before the connection has a peer."""
+    if ENGINE == "aioquic":
+        address: NetworkAddress | None = quic.get_peer_address()  # aioquic >= 1.2
+        return address
+    # qh3: the native core's active path is (path id, local, remote, sent, received, mtu); it
+    # switches to a new address once that path is validated, as aioquic's paths[0] does.
+    core = quic._core
+    if core is None:
+        return quic._remote_addr  # type: ignore[no-any-return]
+    return core.active_path[2]  # type: ignore[no-any-return]
 
 
 def unacked_bytes(quic: Any, stream_id: int) -> int:
     """Bytes written to a stream and not yet acknowledged by the peer (queued or in flight): the
-    connection's backlog, which send budgets are measured against."""
-    stream = quic._streams.get(stream_id)
-    if stream is None:
-        return 0
-    sender = stream.sender
-    return int(sender._buffer_stop - sender._buffer_start)
+    connection's backlog, which send budgets are measured against.
+
+    Exact on aioquic (the stream sender's buffer holds exactly the unacknowledged range). qh3's
+    native core does not expose per-stream acknowledgement, so there it is an estimate: the
+    stream's never-sent bytes plus the whole connection's bytes in flight. The estimate counts
+    packet overhead and other streams' in-flight data (a gateway connection's H3 control and
+    QPACK streams: a few hundred bytes), and misses stream bytes declared lost and not yet
+    retransmitted (at most a congestion window; qh3 re-sends them on the next transmit the
+    congestion window allows).
+    """
+    if ENGINE == "aioquic":
+        stream = quic._streams.get(stream_id)
+        if stream is None:
+            return 0
+        sender = stream.sender
+        return int(sender._buffer_stop - sender._buffer_start)
+    core = quic._core
+    if core is None:
+        return int(quic.get_send_buffer_size(stream_id))
+    return int(quic.get_send_buffer_size(stream_id)) + int(core.bytes_in_flight)

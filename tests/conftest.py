@@ -27,6 +27,8 @@ GENEROUS = LimitsConfig(
     publish_burst_per_connection=100_000,
     join_rate_per_connection_per_s=1000,
     join_burst_per_connection=1000,
+    fetch_rate_per_connection_per_s=1000,
+    fetch_burst_per_connection=1000,
 )
 
 

@@ -14,6 +14,7 @@ every subscriber.
 from __future__ import annotations
 
 import fnmatch
+import heapq
 import secrets
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -108,6 +109,9 @@ class Hub:
         # Connections over their send budget, and since when (virtual time).
         self._congested: dict[int, float] = {}
         self._watch_at: float | None = None  # next look at congested connections
+        # When sessions' tokens expire, on the ``now`` clock: (moment, conn_id), earliest first.
+        # Entries of sessions already gone are dropped when they come due.
+        self._expiries: list[tuple[float, int]] = []
         # Reliable messages waiting for the store: (room, shard, seq) -> who to ack.
         # Every publish waiting on it (the original and its retries, perhaps from a new session).
         self._unstored: dict[tuple[str, int, int], list[tuple[int, int, str]]] = {}
@@ -216,6 +220,8 @@ class Hub:
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should next run, or None when nothing is waiting."""
         times = list(self._checks.values())
+        if self._expiries:
+            times.append(self._expiries[0][0])
         if self._flush_at is not None:
             times.append(self._flush_at)
         if self._watch_at is not None:  # congested connections: a look every tick
@@ -236,6 +242,7 @@ class Hub:
                         fatal=True,
                     ),
                 )
+        self._close_expired(now)
         if self._watch_at is not None and now >= self._watch_at:
             self._watch_at = now + self._tick_s if self._congested else None
         if self._flush_at is not None and now >= self._flush_at:
@@ -246,6 +253,21 @@ class Hub:
                 room = self._rooms.get(name)
                 if room is not None:
                     self._maybe_reshard(room, now)
+
+    def _close_expired(self, now: float) -> None:
+        """Close every session whose token has expired: a grant ends when its token does."""
+        while self._expiries and self._expiries[0][0] <= now:
+            _, conn_id = heapq.heappop(self._expiries)
+            session = self._sessions.get(conn_id)
+            if session is not None:
+                self._fail(
+                    session,
+                    Rejected(
+                        "your token has expired: reconnect with a fresh one",
+                        code=ErrorCode.UNAUTHENTICATED,
+                        fatal=True,
+                    ),
+                )
 
     def take_outputs(self) -> list[Output]:
         """Everything to send since the last call, in order. The caller must send all of it."""
@@ -313,10 +335,15 @@ class Hub:
                 frame.token, now + self.wall_offset_s, client_name=fallback
             )
         session.principal = principal
+        if principal.expires_at is not None:  # wall clock -> the ``now`` clock
+            heapq.heappush(
+                self._expiries, (principal.expires_at - self.wall_offset_s, session.conn_id)
+            )
         session.user = principal.sub  # the sender identity is the token's subject
         limits = self.config.limits
         session.publish_bucket = limits.connection_publish_bucket()
         session.join_bucket = limits.connection_join_bucket()
+        session.fetch_bucket = limits.connection_fetch_bucket()
         common = tuple(c for c in CAPABILITIES if c in frame.capabilities)
         session.lz4 = "lz4" in common
         welcome = f.Welcome(
@@ -570,6 +597,13 @@ class Hub:
 
     def _on_fetch(self, session: Session, frame: f.Fetch, now: float) -> None:
         room = self._joined_room(session, frame.room, frame.request_id)
+        assert session.fetch_bucket is not None
+        if not session.fetch_bucket.take(now):
+            raise Rejected(
+                f"fetching too fast; retry in {session.fetch_bucket.retry_after_s(now):.1f} s",
+                code=ErrorCode.RATE_LIMITED,
+                request_id=frame.request_id,
+            )
         try:
             shard = room.shard(frame.shard)
         except GatewayError as exc:

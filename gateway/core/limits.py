@@ -262,8 +262,12 @@ class LimitsConfig:
       session for Publish; over it, RATE_LIMITED (with the retry-after in the message).
     - ``publish_rate_per_room_per_s`` / ``publish_burst_per_room``: the same per room, so that no
       group of senders can make one room's fan-out swamp the gateway.
-    - ``join_rate_per_connection_per_s`` / ``join_burst_per_connection``: Join (and Fetch, which
-      costs as much) per session: a flood of joins costs only its sender.
+    - ``join_rate_per_connection_per_s`` / ``join_burst_per_connection``: Join per session: a
+      flood of joins costs only its sender.
+    - ``fetch_rate_per_connection_per_s`` / ``fetch_burst_per_connection``: Fetch per session
+      (each may read up to ``max_fetch_messages``, perhaps from the store). The burst covers a
+      resume that fetches every shard of a few rooms at once; a refused fetch is asked again by
+      the SDK a second later.
     - ``handshake_rate_per_s`` / ``handshake_burst``: new QUIC handshakes per second for the
       whole gateway (they cost public-key operations); over it, Initials are dropped.
     - ``retry``: QUIC Retry (address validation before any handshake state): ``"off"``,
@@ -281,6 +285,8 @@ class LimitsConfig:
     publish_burst_per_room: float = 40_000.0
     join_rate_per_connection_per_s: float = 10.0
     join_burst_per_connection: float = 50.0
+    fetch_rate_per_connection_per_s: float = 20.0
+    fetch_burst_per_connection: float = 200.0
     handshake_rate_per_s: float = 500.0
     handshake_burst: float = 1000.0
     retry: str = "auto"
@@ -296,6 +302,7 @@ class LimitsConfig:
             ("publish_rate_per_connection_per_s", "publish_burst_per_connection"),
             ("publish_rate_per_room_per_s", "publish_burst_per_room"),
             ("join_rate_per_connection_per_s", "join_burst_per_connection"),
+            ("fetch_rate_per_connection_per_s", "fetch_burst_per_connection"),
             ("handshake_rate_per_s", "handshake_burst"),
         ):
             try:
@@ -314,6 +321,10 @@ class LimitsConfig:
     def connection_join_bucket(self) -> TokenBucket:
         """A new session's join/fetch bucket."""
         return TokenBucket(self.join_rate_per_connection_per_s, self.join_burst_per_connection)
+
+    def connection_fetch_bucket(self) -> TokenBucket:
+        """A new session's fetch bucket."""
+        return TokenBucket(self.fetch_rate_per_connection_per_s, self.fetch_burst_per_connection)
 
     def room_publish_buckets(self, max_rooms: int) -> KeyedBuckets[str]:
         """Publish buckets by room name, for at most ``max_rooms`` rooms (CoreConfig.max_rooms)."""

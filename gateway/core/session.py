@@ -45,6 +45,7 @@ class Session:
         "conn_id",
         "decoder",
         "errors",
+        "fetch_bucket",
         "join_bucket",
         "lz4",
         "principal",
@@ -72,6 +73,7 @@ class Session:
         self.principal: Principal | None = None  # who the token says this is (after Hello)
         self.publish_bucket: TokenBucket | None = None
         self.join_bucket: TokenBucket | None = None
+        self.fetch_bucket: TokenBucket | None = None
 
     def advance(self, frame: f.ClientFrame) -> None:
         """Move the state machine for ``frame``, or raise RemoteProtocolError if it is not allowed."""

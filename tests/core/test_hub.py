@@ -13,13 +13,15 @@ from gateway.wire.framing import FrameDecoder, delimit
 class Peer:
     """One client's view of the hub: frames in, decoded frames out."""
 
-    def __init__(self, hub: Hub, conn_id: int, name: str, lz4: bool = False) -> None:
+    def __init__(
+        self, hub: Hub, conn_id: int, name: str, lz4: bool = False, token: str = ""
+    ) -> None:
         self.hub, self.conn_id = hub, conn_id
         self.decoder = FrameDecoder(16 << 20)
         self.inbox: list[f.ServerFrame] = []
         self.closed: ErrorCode | None = None
         hub.connect(conn_id, 0.0)
-        self.send(f.Hello(capabilities=("lz4",) if lz4 else (), client_name=name))
+        self.send(f.Hello(capabilities=("lz4",) if lz4 else (), client_name=name, token=token))
 
     def send(self, frame: f.ClientFrame, now: float = 0.0) -> None:
         self.send_raw(delimit(encode_client_frame(frame)), now)
