@@ -149,6 +149,7 @@ class _Idle:
         self.connection_count = 0
         self.counters: Counter[str] = Counter()
         self.migrations: Counter[str] = Counter()
+        self.admissions: Counter[str] = Counter()
 
 
 def test_every_family_is_documented_and_on_the_dashboard() -> None:

@@ -22,14 +22,13 @@ from gateway.engine import (
     H3_ALPN,
     NetworkAddress,
     QuicConfiguration,
-    QuicServer,
     SessionTicket,
     engine_version,
     peer_address,
-    serve,
 )
 from gateway.server.admin import AdminServer, Reply
 from gateway.server.config import ServerConfig
+from gateway.server.listener import Listener, listen
 from gateway.server.metrics import install as install_metrics
 from gateway.server.protocol import GatewayProtocol
 from gateway.server.storage import Durability
@@ -91,7 +90,7 @@ class GatewayServer:
         self._next_conn_id = 1
         self._protocols: set[GatewayProtocol] = set()
         self._tickets = _TicketStore()
-        self._server: QuicServer | None = None
+        self._server: Listener | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -141,9 +140,10 @@ class GatewayServer:
                 restored,
                 extra={"event": "rooms_restored", "count": restored},
             )
-        self._server = await serve(
+        self._server = await listen(
             self.config.host,
             self.config.port,
+            guard=self.config.core.limits.handshake_guard(),
             configuration=self.quic_configuration(),
             create_protocol=partial(GatewayProtocol, gateway=self),
             session_ticket_fetcher=self._tickets.pop,
@@ -267,6 +267,11 @@ class GatewayServer:
             return
         self._admitted[protocol] = host
         self._protocols.add(protocol)
+
+    @property
+    def admissions(self) -> collections.Counter[str]:
+        """New connections' first Initials by outcome: accepted, retried, dropped."""
+        return self._server.admissions if self._server is not None else collections.Counter()
 
     @property
     def connection_count(self) -> int:

@@ -36,6 +36,7 @@ from prometheus_client.process_collector import ProcessCollector
 from gateway.core.stats import Histogram, HubStats
 from gateway.errors import ErrorCode
 from gateway.server.admin import Reply
+from gateway.server.listener import ADMISSION_OUTCOMES
 from gateway.wire.frames import Priority
 
 if TYPE_CHECKING:
@@ -138,6 +139,19 @@ class GatewayCollector:
             "skein_handshakes_total",
             "QUIC handshakes completed (full or resumed).",
             server.counters["handshakes"],
+        )
+        yield _labelled_counter(
+            "skein_handshake_admissions_total",
+            "First Initials of new connections by outcome: accepted (handshake started), retried "
+            "(answered with a QUIC Retry), dropped (over the handshake rate).",
+            "outcome",
+            server.admissions,
+            ADMISSION_OUTCOMES,
+        )
+        yield _counter(
+            "skein_connections_refused_total",
+            "Connections closed with CONNECTION_REFUSED after the handshake (connection caps).",
+            server.counters["connections_refused"],
         )
         yield _counter(
             "skein_connections_closed_total",

@@ -1,0 +1,115 @@
+"""The UDP listener: the engine's QuicServer, with handshake admission in front of it.
+
+Every datagram that would start a new connection (a QUIC Initial of at least 1200 bytes for a
+destination connection id no connection holds) is put to :class:`~gateway.core.limits.
+HandshakeGuard` first: ACCEPT starts the handshake as usual, RETRY answers with a stateless QUIC
+Retry (the client must echo its token from the address it claims, so spoofed floods never create
+state), DROP ignores it (over the handshake rate; a real client retransmits). Packets of existing
+connections never pass through the guard.
+
+The engine answers with a Retry when its retry handler is set; the listener sets it per Initial.
+Both engines (aioquic and qh3) keep it in ``QuicServer._retry`` and the connection table in
+``QuicServer._protocols``: this module is the one place that relies on that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+from typing import Any, cast
+
+from gateway.core.limits import Admission, HandshakeGuard
+from gateway.engine import NetworkAddress, QuicConfiguration, QuicServer
+
+__all__ = ["ADMISSION_OUTCOMES", "Listener", "listen", "parse_initial"]
+
+ADMISSION_OUTCOMES = ("accepted", "retried", "dropped")
+_MIN_INITIAL_BYTES = 1200  # RFC 9000 14.1: a client's first Initial is padded to at least this
+_QUIC_V1 = 0x00000001
+_QUIC_V2 = 0x6B3343CF
+_INITIAL_TYPE = {_QUIC_V1: 0, _QUIC_V2: 1}  # long header packet type bits of Initial (RFC 9369)
+
+
+def parse_initial(data: bytes) -> tuple[bytes, bool] | None:
+    """``(destination connection id, carries a token)`` if ``data`` starts with a QUIC v1/v2
+    Initial packet, else None (short headers, other long packets, other versions, truncation)."""
+    if len(data) < 7 or not data[0] & 0x80:
+        return None
+    version = int.from_bytes(data[1:5], "big")
+    if _INITIAL_TYPE.get(version) != (data[0] & 0x30) >> 4:
+        return None
+    dcid_end = 6 + data[5]
+    if dcid_end >= len(data):
+        return None
+    dcid = data[6:dcid_end]
+    at = dcid_end + 1 + data[dcid_end]  # past the source connection id
+    if at >= len(data):
+        return None
+    size = 1 << (data[at] >> 6)  # the token length is a QUIC varint of 1, 2, 4 or 8 bytes
+    if at + size > len(data):
+        return None
+    token_length = int.from_bytes(bytes([data[at] & 0x3F]) + data[at + 1 : at + size], "big")
+    return dcid, token_length > 0
+
+
+class Listener(QuicServer):
+    """The engine's QuicServer with a :class:`HandshakeGuard` deciding on new connections."""
+
+    def __init__(self, *, guard: HandshakeGuard, **kwargs: Any) -> None:
+        super().__init__(retry=True, **kwargs)
+        self.guard = guard
+        self.admissions: collections.Counter[str] = collections.Counter()
+        self._retry_handler = self._retry  # the engine's Retry token minter and checker
+
+    def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
+        initial = parse_initial(data) if len(data) >= _MIN_INITIAL_BYTES else None  # type: ignore[arg-type]
+        if initial is None or initial[0] in self._protocols:
+            super().datagram_received(data, addr)
+            return
+        _dcid, has_token = initial
+        # A token is a Retry token only while Retry may be used; with Retry off, the engine
+        # treats an Initial with a token as it always did (it ignores the token).
+        retry_token = has_token and self.guard.retry != "off"
+        decision = self.guard.admit(self._loop.time(), validated=retry_token)
+        if decision is Admission.DROP:
+            self.admissions["dropped"] += 1
+            return
+        if decision is Admission.RETRY:
+            self.admissions["retried"] += 1
+        else:
+            self.admissions["accepted"] += 1
+        # The engine sends a Retry for a token-less Initial, and checks a token, only while its
+        # retry handler is set.
+        use_retry = decision is Admission.RETRY or retry_token
+        self._retry = self._retry_handler if use_retry else cast(Any, None)
+        try:
+            super().datagram_received(data, addr)
+        finally:
+            self._retry = self._retry_handler
+
+
+async def listen(
+    host: str,
+    port: int,
+    *,
+    guard: HandshakeGuard,
+    configuration: QuicConfiguration,
+    create_protocol: Callable[..., Any],
+    session_ticket_fetcher: Callable[[bytes], Any],
+    session_ticket_handler: Callable[[Any], None],
+) -> Listener:
+    """Bind ``host:port`` and serve QUIC there behind ``guard`` (as the engine's ``serve()``)."""
+    loop = asyncio.get_running_loop()
+    _, listener = await loop.create_datagram_endpoint(
+        lambda: Listener(
+            guard=guard,
+            configuration=configuration,
+            create_protocol=create_protocol,
+            session_ticket_fetcher=session_ticket_fetcher,
+            session_ticket_handler=session_ticket_handler,
+        ),
+        local_addr=(host, port),
+    )
+    assert isinstance(listener, Listener)
+    return listener
