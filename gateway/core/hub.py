@@ -558,8 +558,13 @@ class Hub:
         high_water: dict[int, int],
         next_shard_id: int,
         now: float,
+        recent: Iterable[tuple[str, str, int, int]] = (),
     ) -> None:
-        """Take up a room from the durable store at startup (before any session exists)."""
+        """Take up a room from the durable store at startup (before any session exists).
+
+        ``recent``: its newest stored publishes as (sender, client_msg_id, shard, seq), oldest
+        first, for the retry window: a publish stored before the crash and retried after it is
+        acked with its stored place instead of being sequenced again."""
         room = Room(
             name,
             policy=make_policy(self.config.sharding),
@@ -570,6 +575,8 @@ class Hub:
             incarnation=incarnation,
         )
         room.restore(maps, high_water, next_shard_id, now)
+        for sender, client_msg_id, shard, seq in recent:
+            room.remember(sender, client_msg_id, shard, seq)
         room.bucket = self._room_bucket()
         self._rooms[name] = room
 

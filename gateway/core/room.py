@@ -20,7 +20,10 @@ from gateway.core.sharder import ShardPolicy
 from gateway.errors import ErrorCode, Rejected, RemoteProtocolError
 from gateway.wire.frames import Cursor, Publish, ShardMap
 
-__all__ = ["Published", "Room", "RoomMode"]
+__all__ = ["DEDUPE_WINDOW", "Published", "Room", "RoomMode"]
+
+# Publishes per room remembered by (sender, client_msg_id), so a retry is acked, not resequenced.
+DEDUPE_WINDOW = 4096
 
 
 class RoomMode(Enum):
@@ -52,7 +55,7 @@ class Room:
         mode: RoomMode = RoomMode.LIVE,
         log_messages: int = 10_000,
         epochs_kept: int = 16,
-        dedupe_window: int = 4096,
+        dedupe_window: int = DEDUPE_WINDOW,
         initial_shards: int = 1,
         incarnation: int = 1,
     ) -> None:
@@ -171,9 +174,7 @@ class Room:
             body=frame.body,
         )
         if frame.client_msg_id:
-            self._recent[key] = (shard.id, entry.message.seq)
-            if len(self._recent) > self._dedupe_window:
-                self._recent.popitem(last=False)
+            self.remember(sender, frame.client_msg_id, shard.id, entry.message.seq)
         self._pending.append(entry)
         if not durable:
             self._undurable.add((shard.id, entry.message.seq))
@@ -182,6 +183,12 @@ class Room:
     def stored(self, shard: int, seq: int) -> None:
         """The message ``shard:seq`` is durable: it may be fanned out."""
         self._undurable.discard((shard, seq))
+
+    def remember(self, sender: str, client_msg_id: str, shard: int, seq: int) -> None:
+        """Put a sequenced publish in the retry window: a retry of it is acked as ``shard:seq``."""
+        self._recent[(sender, client_msg_id)] = (shard, seq)
+        if len(self._recent) > self._dedupe_window:
+            self._recent.popitem(last=False)
 
     def forget(self, sender: str, client_msg_id: str) -> None:
         """Drop a publish from the retry window (its store write failed: a retry is new)."""

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.core.hub import Hub, Persist, RoomChanged, StoreRead
+from gateway.core.room import DEDUPE_WINDOW
 from gateway.errors import GatewayError
 from gateway.store.base import StoreConfig, next_cursor, open_store
 from gateway.store.records import EpochRecord, RoomRecord, StoredMessage
@@ -48,7 +49,7 @@ class Durability:
         Returns how many rooms were restored. Raises StoreError if the store can't be opened.
         """
         store = await asyncio.to_thread(open_store, self.config)
-        rooms = await asyncio.to_thread(recover, store)
+        rooms = await asyncio.to_thread(recover, store, dedupe_window=DEDUPE_WINDOW)
         for r in rooms:
             hub.restore_room(
                 r.room.room,
@@ -57,6 +58,7 @@ class Durability:
                 maps=[e.to_map() for e in r.epochs],
                 high_water=dict(r.high_water),
                 next_shard_id=r.next_shard_id,
+                recent=[(p.sender, p.client_msg_id, p.shard, p.seq) for p in r.recent],
                 now=now,
             )
         cfg = self.config

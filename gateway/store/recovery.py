@@ -21,12 +21,30 @@ from gateway.errors import LocalProtocolError
 from gateway.store.base import Store
 from gateway.store.records import EpochRecord, RoomRecord
 
-__all__ = ["RESTART_EPOCH_GAP", "RESTART_ID_GAP", "RecoveredRoom", "recover", "restart_epoch"]
+__all__ = [
+    "RESTART_EPOCH_GAP",
+    "RESTART_ID_GAP",
+    "RecentPublish",
+    "RecoveredRoom",
+    "recent_publishes",
+    "recover",
+    "restart_epoch",
+]
 
 # An unstored epoch is at most one reshard (reshards are cooldown_s apart, commits take ms) with
 # at most max_shards new ids; these gaps exceed both with room to spare (clocks allow 1024 entries).
 RESTART_EPOCH_GAP = 16
 RESTART_ID_GAP = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RecentPublish:
+    """A stored publish for the retry window: who sent it, their id for it, where it went."""
+
+    sender: str
+    client_msg_id: str
+    shard: int
+    seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +54,16 @@ class RecoveredRoom:
     ``epochs`` are its retained shard maps, oldest first, ending with the restart epoch (already
     stored) whose shards the room sequences from now on, each from seq 1. ``high_water`` is the
     marks as they were found (the sealed shards' last seqs among them). ``next_shard_id`` is the
-    first id the room may give a new shard.
+    first id the room may give a new shard. ``recent`` is the room's retry window as the store
+    knows it: its newest stored publishes, so that a publish acked (or stored, its ack lost) just
+    before the crash and retried after it is acked again rather than stored twice.
     """
 
     room: RoomRecord
     epochs: tuple[EpochRecord, ...]
     high_water: Mapping[int, int]
     next_shard_id: int
+    recent: tuple[RecentPublish, ...] = ()
 
     @property
     def current(self) -> EpochRecord:
@@ -86,8 +107,11 @@ def restart_epoch(
     )
 
 
-def recover(store: Store, *, shard_count: int | None = None) -> list[RecoveredRoom]:
-    """Seal every stored room's last epoch and store its restart epoch; return the rooms.
+def recover(
+    store: Store, *, shard_count: int | None = None, dedupe_window: int = 0
+) -> list[RecoveredRoom]:
+    """Seal every stored room's last epoch and store its restart epoch; return the rooms, each
+    with up to ``dedupe_window`` of its newest stored publishes (``recent``).
 
     Call once at startup, before the gateway takes traffic and before a
     :class:`~gateway.store.writer.StoreWriter` owns ``store`` (or through ``writer.call``). Each
@@ -100,5 +124,28 @@ def recover(store: Store, *, shard_count: int | None = None) -> list[RecoveredRo
         marks = store.high_water(record.room)
         new = restart_epoch(record.room, epochs, marks, shard_count)
         store.put_epoch(new)
-        recovered.append(RecoveredRoom(record, (*epochs, new), marks, max(new.shards) + 1))
+        recent = recent_publishes(store, record.room, epochs, marks, dedupe_window)
+        recovered.append(RecoveredRoom(record, (*epochs, new), marks, max(new.shards) + 1, recent))
     return recovered
+
+
+def recent_publishes(
+    store: Store,
+    room: str,
+    epochs: Sequence[EpochRecord],
+    high_water: Mapping[int, int],
+    window: int,
+) -> tuple[RecentPublish, ...]:
+    """The newest stored publishes with a client id, at most ``window``: the tail of every shard
+    of the last two stored epochs (a retry may follow a reshard), shared evenly among them."""
+    shards = sorted({s for e in epochs[-2:] for s in e.shards if high_water.get(s, 0) > 0})
+    if not shards or window < 1:
+        return ()
+    per_shard = max(1, window // len(shards))
+    recent = []
+    for shard in shards:
+        last = high_water[shard]
+        for m in store.read(room, shard, max(1, last - per_shard + 1), last, per_shard):
+            if m.client_msg_id:
+                recent.append(RecentPublish(m.sender, m.client_msg_id, m.shard, m.seq))
+    return tuple(recent)

@@ -73,3 +73,39 @@ def test_a_failed_store_write_is_an_error_not_an_ack() -> None:
     p.send(f.Publish(3, "r", "g", b"gift", f.Priority.HIGH))  # the retry is a new message
     (again,) = persists(hub)
     assert again.entries[0].message.seq == 2
+
+
+def test_a_retry_after_a_restart_is_acked_with_its_stored_place_not_stored_again() -> None:
+    hub = Hub(CoreConfig(group_rooms=("team-*",)), durable=True)
+    hub.restore_room(
+        "team-a",
+        incarnation=7,
+        mode="group",
+        maps=[
+            f.ShardMap("team-a", 1, (1,), {}, 0),
+            f.ShardMap("team-a", 17, (1025,), {1: 4}, 4),
+        ],
+        high_water={1: 4},
+        next_shard_id=1026,
+        now=0.0,
+        recent=[("p", "m3", 1, 3), ("p", "m4", 1, 4)],
+    )
+    p = Peer(hub, 1, "p")
+    p.send(f.Join(1, "team-a"))
+    p.send(f.Publish(2, "team-a", "m4", b"stored before the crash"))  # its ack was lost
+    p.send(f.Publish(3, "team-a", "m5", b"new"))
+    (persist,) = persists(hub)
+    pump(hub, [p])
+    # The retry is answered at once with where the store has it; only the new one is stored.
+    assert [(a.client_msg_id, a.shard, a.seq) for a in p.take(f.Ack)] == [("m4", 1, 4)]
+    assert [(e.message.client_msg_id, e.message.shard, e.message.seq) for e in persist.entries] == [
+        ("m5", 1025, 1)
+    ]
+    # Another sender's id is its own: the window is keyed by (sender, client_msg_id).
+    q = Peer(hub, 2, "q")
+    q.send(f.Join(1, "team-a"))
+    q.send(f.Publish(2, "team-a", "m4", b"q's own m4"))
+    (persist,) = persists(hub)
+    assert [(e.message.sender, e.message.seq) for e in persist.entries] == [("q", 2)]
+    pump(hub, [p, q])
+    assert q.take(f.Ack) == []  # stored first (group room): waiting for its commit

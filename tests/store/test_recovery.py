@@ -51,3 +51,31 @@ def test_recover_stores_the_restart_epoch_and_a_second_crash_seals_it(
     )
     assert [e.epoch for e in lobby.epochs] == [1, 1 + RESTART_EPOCH_GAP, 1 + 2 * RESTART_EPOCH_GAP]
     assert [m.seq for m in store.read("lobby", 2, 1, 10, 10)] == [5]  # stored seqs untouched
+
+
+def test_recover_returns_the_newest_stored_publishes_for_the_retry_window(
+    make_store: Callable[[], Store],
+) -> None:
+    store = make_store()
+    store.put_room(RoomRecord("lobby", 77, "group"))
+    store.put_epoch(EpochRecord("lobby", 1, (1,), {}, 0))
+    store.put_epoch(EpochRecord("lobby", 2, (2, 3), {1: 5}, 5))
+    store.append([msg(s, shard=1) for s in range(1, 6)], {("lobby", 1): 5})
+    store.append([msg(s, shard=2) for s in range(1, 11)], {("lobby", 2): 10})
+    store.append([msg(s, shard=3) for s in (1, 2)], {("lobby", 3): 3})  # seq 3 never stored
+
+    (lobby,) = recover(store, dedupe_window=6)
+    # The last two epochs' shards share the window (2 each), newest seqs of each.
+    assert sorted((p.shard, p.seq) for p in lobby.recent) == [
+        (1, 4),
+        (1, 5),
+        (2, 9),
+        (2, 10),
+        (3, 2),
+    ]
+    assert {(p.sender, p.client_msg_id) for p in lobby.recent if p.shard == 2} == {
+        ("alice", "c-lobby-2-9"),
+        ("alice", "c-lobby-2-10"),
+    }
+    (again,) = recover(store)  # no window asked: nothing read
+    assert again.recent == ()
