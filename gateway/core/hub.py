@@ -102,7 +102,10 @@ class Hub:
         self._outputs: list[Output] = []
         self._dirty: set[str] = set()
         self._flush_at: float | None = None
+        # The sharder's next look at each multi-shard room, and the same as a heap (with stale
+        # entries, skipped when they surface): the timer is O(log rooms), not O(rooms).
         self._checks: dict[str, float] = {}
+        self._check_heap: list[tuple[float, str]] = []
         # When each room's pending messages arrived, oldest first: one per entry Room.publish
         # appends to the room's pending list (as bounded as that), dropped as fan-out takes them.
         self._arrivals: dict[str, deque[float]] = {}
@@ -219,7 +222,10 @@ class Hub:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should next run, or None when nothing is waiting."""
-        times = list(self._checks.values())
+        heap = self._check_heap
+        while heap and self._checks.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)  # stale: the room's check moved or went
+        times = [heap[0][0]] if heap else []
         if self._expiries:
             times.append(self._expiries[0][0])
         if self._flush_at is not None:
@@ -247,12 +253,16 @@ class Hub:
             self._watch_at = now + self._tick_s if self._congested else None
         if self._flush_at is not None and now >= self._flush_at:
             self.flush(now)
-        for name, at in list(self._checks.items()):
-            if now >= at:
-                del self._checks[name]
-                room = self._rooms.get(name)
-                if room is not None:
-                    self._maybe_reshard(room, now)
+        heap, due = self._check_heap, []
+        while heap and heap[0][0] <= now:  # taken first: a check re-armed now waits its turn
+            due.append(heapq.heappop(heap))
+        for at, name in due:
+            if self._checks.get(name) != at:
+                continue  # stale
+            del self._checks[name]
+            room = self._rooms.get(name)
+            if room is not None:
+                self._maybe_reshard(room, now)
 
     def _close_expired(self, now: float) -> None:
         """Close every session whose token has expired: a grant ends when its token does."""
@@ -787,5 +797,6 @@ class Hub:
             check = now + self._tick_s  # messages are still being stored: decide again soon
         if check is None:
             self._checks.pop(room.name, None)
-        else:
+        elif self._checks.get(room.name) != check:
             self._checks[room.name] = check
+            heapq.heappush(self._check_heap, (check, room.name))
