@@ -27,15 +27,21 @@ TIMEOUT_S = 20.0
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
-async def admin_get(gateway: GatewayServer, path: str) -> tuple[int, str]:
-    """GET ``path`` from the admin port over a plain TCP connection (it closes after one reply)."""
+async def admin_request(gateway: GatewayServer, method: str, path: str) -> tuple[bytes, bytes]:
+    """One request to the admin port over a plain TCP connection (it closes after one reply):
+    the reply's head and body."""
     assert gateway.admin is not None
     host, port = gateway.admin.address
     reader, writer = await asyncio.open_connection(host, port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    writer.write(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     raw = await asyncio.wait_for(reader.read(), TIMEOUT_S)
     writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
+    return head, body
+
+
+async def admin_get(gateway: GatewayServer, path: str) -> tuple[int, str]:
+    head, body = await admin_request(gateway, "GET", path)
     return int(head.split(b" ", 2)[1]), body.decode()
 
 
@@ -119,6 +125,11 @@ async def test_health_endpoints_answer_for_load_balancers(gateway: GatewayServer
     finally:
         gateway.ready = True
     assert (await admin_get(gateway, "/nothing"))[0] == 404
+    # HEAD: the same status and headers as GET, no body.
+    head, body = await admin_request(gateway, "HEAD", "/readyz")
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 6" in head and body == b""
+    head, _ = await admin_request(gateway, "POST", "/readyz")
+    assert head.startswith(b"HTTP/1.1 405")
 
 
 async def test_each_gateway_has_its_own_registry(gateway: GatewayServer) -> None:

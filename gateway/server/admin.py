@@ -70,7 +70,9 @@ class AdminServer:
             return
         async with self._slots:
             try:
-                reply = await asyncio.wait_for(self._answer(reader), self._read_timeout_s)
+                reply, head_only = await asyncio.wait_for(
+                    self._answer(reader), self._read_timeout_s
+                )
             except (
                 TimeoutError,
                 asyncio.LimitOverrunError,
@@ -78,7 +80,7 @@ class AdminServer:
                 ConnectionError,
                 ValueError,
             ):
-                reply = Reply(400, "text/plain", b"bad request\n")
+                reply, head_only = Reply(400, "text/plain", b"bad request\n"), False
             head = [
                 f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Unknown')}",
                 f"Content-Type: {reply.content_type}",
@@ -88,15 +90,21 @@ class AdminServer:
                 *(f"{k}: {v}" for k, v in reply.headers),
             ]
             with contextlib.suppress(ConnectionError):
-                writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + reply.body)
+                body = b"" if head_only else reply.body  # HEAD: the headers GET would send
+                writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
                 await writer.drain()
             writer.close()
 
-    async def _answer(self, reader: asyncio.StreamReader) -> Reply:
+    async def _answer(self, reader: asyncio.StreamReader) -> tuple[Reply, bool]:
+        """The reply to one request, and whether it was a HEAD (send no body)."""
         head = await reader.readuntil(b"\r\n\r\n")
         if len(head) > _MAX_HEAD_BYTES:
-            return Reply(400, "text/plain", b"request head too large\n")
+            return Reply(400, "text/plain", b"request head too large\n"), False
         method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+        reply = await self._route(method, target)
+        return reply, method == "HEAD"
+
+    async def _route(self, method: str, target: str) -> Reply:
         path, _, query = target.partition("?")
         route = self.routes.get(path)
         if route is None:
