@@ -21,8 +21,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from gateway.core.auth import Authenticator, Principal
-from gateway.core.batching import MAX_BATCH_BYTES, batches, capped, plan_shedding
+from gateway.core.batching import MAX_BATCH_BYTES, batches, capped
 from gateway.core.config import CoreConfig
+from gateway.core.fanout import PRIORITY_NAMES, fan_out_shared, fan_out_shedding
 from gateway.core.limits import TokenBucket
 from gateway.core.outputs import (
     Close,
@@ -43,10 +44,8 @@ from gateway.wire import frames as f
 from gateway.wire.codec import (
     decode_client_frame,
     deliver_frame,
-    deliver_lz4_frame,
     encode_deliver,
     encode_server_frame,
-    encode_tombstone,
 )
 from gateway.wire.framing import delimit
 
@@ -64,7 +63,6 @@ __all__ = [
 
 CAPABILITIES = ("lz4",)
 _VIOLATIONS = frozenset({ErrorCode.FORBIDDEN, ErrorCode.UNAUTHENTICATED})
-_PRIORITY_NAMES = {p: p.name.lower() for p in f.Priority}  # stats keys, named once
 
 
 class Hub:
@@ -477,7 +475,7 @@ class Hub:
                 waiting.append((session.conn_id, frame.request_id, frame.client_msg_id))
                 return
         else:
-            self.stats.published[_PRIORITY_NAMES[frame.priority]] += 1
+            self.stats.published[PRIORITY_NAMES[frame.priority]] += 1
             self._arrivals.setdefault(room.name, deque()).append(now)
             if reliable:
                 assert published.entry is not None
@@ -510,7 +508,7 @@ class Hub:
             )
         assert room.bucket is not None
         if room.bucket.available(now) < self._room_floor[frame.priority]:
-            name = _PRIORITY_NAMES[frame.priority]
+            name = PRIORITY_NAMES[frame.priority]
             self.stats.shed[name] += 1
             raise Rejected(
                 f"room {room.name!r} is over its publish rate: {name} "
@@ -703,63 +701,16 @@ class Hub:
         stats = self.stats
         stats.deliveries += len(ready) * len(served)
         for priority, count in priorities.items():
-            stats.delivered[_PRIORITY_NAMES[priority]] += count * len(served)
+            stats.delivered[PRIORITY_NAMES[priority]] += count * len(served)
         for at in arrived:
             stats.fanout_wait_seconds.observe(now - at)
+        out, sessions, config = self._outputs, self._sessions, self.config
         if served:
-            self._fan_out_shared(room.name, [e.encoded for e in ready], served)
+            fan_out_shared(
+                room.name, [e.encoded for e in ready], served, sessions, config, stats, out
+            )
         for conn_id in behind:
-            self._fan_out_shedding(room.name, ready, self._sessions[conn_id])
-
-    def _fan_out_shared(self, room: str, pending: list[bytes], conn_ids: tuple[int, ...]) -> None:
-        """The common case: one encoding (and at most one lz4 compression) for everyone."""
-        groups: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # (plain, lz4), made once
-        stats = self.stats
-        for batch in batches(pending, MAX_BATCH_BYTES):
-            deliver = encode_deliver(room, batch)
-            stats.batches += 1
-            stats.batch_messages += len(batch)
-            stats.batch_size_messages.observe(len(batch))
-            if len(deliver) < self.config.lz4_min_bytes:
-                self._send_all(conn_ids, delimit(deliver_frame(deliver)))
-                continue
-            if groups is None:
-                sessions = self._sessions
-                groups = (
-                    tuple(c for c in conn_ids if not sessions[c].lz4),
-                    tuple(c for c in conn_ids if sessions[c].lz4),
-                )
-            plain_ids, lz4_ids = groups
-            if plain_ids:
-                self._send_all(plain_ids, delimit(deliver_frame(deliver)))
-            if lz4_ids:
-                packed = delimit(deliver_lz4_frame(deliver))
-                stats.lz4_in += len(deliver)
-                stats.lz4_out += len(packed)
-                self._send_all(lz4_ids, packed)
-
-    def _fan_out_shedding(self, room: str, ready: list[Entry], session: Session) -> None:
-        """A connection over budget gets tombstones for what is shed: chatter over the budget,
-        normal too over twice it, high never (see :func:`plan_shedding`)."""
-        keep = plan_shedding(
-            [e.message.priority for e in ready], session.backlog, self.config.send_budget_bytes
-        )
-        items = []
-        shed = self.stats.shed
-        for entry, kept in zip(ready, keep, strict=True):
-            m = entry.message
-            if kept:
-                items.append(entry.encoded)
-                self.stats.delivered[_PRIORITY_NAMES[m.priority]] += 1
-            else:
-                items.append(encode_tombstone(m.shard, m.seq))
-                session.shed += 1
-                shed[_PRIORITY_NAMES[m.priority]] += 1
-        self.stats.deliveries += sum(keep)
-        for batch in batches(items, MAX_BATCH_BYTES):
-            data = delimit(deliver_frame(encode_deliver(room, batch, session.shed)))
-            session.shed = 0
-            self._send_all((session.conn_id,), data)
+            fan_out_shedding(room.name, ready, sessions[conn_id], config, stats, out)
 
     def _take_arrivals(self, room_name: str, count: int) -> list[float]:
         """When the ``count`` oldest pending messages of a room arrived; forgets them."""
@@ -770,10 +721,6 @@ class Hub:
         if not arrivals:
             del self._arrivals[room_name]
         return taken
-
-    def _send_all(self, conn_ids: tuple[int, ...], data: bytes) -> None:
-        self.stats.bytes_out += len(data) * len(conn_ids)
-        self._outputs.append(Send(conn_ids, data))
 
     def _maybe_reshard(self, room: Room, now: float) -> None:
         count = room.policy.decide([s.id for s in room.current_shards], now)
