@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -25,6 +26,10 @@ from gateway.engine import NetworkAddress, QuicConfiguration, QuicServer
 __all__ = ["ADMISSION_OUTCOMES", "Listener", "listen", "parse_initial"]
 
 ADMISSION_OUTCOMES = ("accepted", "retried", "dropped")
+# A ClientHello may span several Initial datagrams (post-quantum key shares do), all for one
+# destination id before any connection exists: one decision covers them, counted once.
+_DECISION_REUSE_S = 0.25
+_DECISIONS_KEPT = 4096
 _MIN_INITIAL_BYTES = 1200  # RFC 9000 14.1: a client's first Initial is padded to at least this
 _QUIC_V1 = 0x00000001
 _QUIC_V2 = 0x6B3343CF
@@ -61,24 +66,20 @@ class Listener(QuicServer):
         self.guard = guard
         self.admissions: collections.Counter[str] = collections.Counter()
         self._retry_handler = self._retry  # the engine's Retry token minter and checker
+        self._decided: OrderedDict[tuple[bytes, bool], tuple[Admission, float]] = OrderedDict()
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
         initial = parse_initial(data) if len(data) >= _MIN_INITIAL_BYTES else None  # type: ignore[arg-type]
         if initial is None or initial[0] in self._protocols:
             super().datagram_received(data, addr)
             return
-        _dcid, has_token = initial
+        dcid, has_token = initial
         # A token is a Retry token only while Retry may be used; with Retry off, the engine
         # treats an Initial with a token as it always did (it ignores the token).
         retry_token = has_token and self.guard.retry != "off"
-        decision = self.guard.admit(self._loop.time(), validated=retry_token)
+        decision = self._decide(dcid, retry_token)
         if decision is Admission.DROP:
-            self.admissions["dropped"] += 1
             return
-        if decision is Admission.RETRY:
-            self.admissions["retried"] += 1
-        else:
-            self.admissions["accepted"] += 1
         # The engine sends a Retry for a token-less Initial, and checks a token, only while its
         # retry handler is set.
         use_retry = decision is Admission.RETRY or retry_token
@@ -87,6 +88,26 @@ class Listener(QuicServer):
             super().datagram_received(data, addr)
         finally:
             self._retry = self._retry_handler
+
+
+    def _decide(self, dcid: bytes, retry_token: bool) -> Admission:
+        """The guard's decision for a new connection's Initial, counted once per connection
+        attempt: datagrams of the same attempt within ``_DECISION_REUSE_S`` reuse it."""
+        now = self._loop.time()
+        key = (dcid, retry_token)
+        earlier = self._decided.get(key)
+        if earlier is not None and now - earlier[1] < _DECISION_REUSE_S:
+            return earlier[0]
+        decision = self.guard.admit(now, validated=retry_token)
+        self._decided[key] = (decision, now)
+        self._decided.move_to_end(key)
+        if len(self._decided) > _DECISIONS_KEPT:
+            self._decided.popitem(last=False)
+        self.admissions[_OUTCOME[decision]] += 1
+        return decision
+
+
+_OUTCOME = {Admission.ACCEPT: "accepted", Admission.RETRY: "retried", Admission.DROP: "dropped"}
 
 
 async def listen(
