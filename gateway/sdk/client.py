@@ -41,6 +41,8 @@ from gateway.engine import (
     QuicEvent,
     SessionTicket,
     StreamDataReceived,
+    closing,
+    send_stream_data,
 )
 from gateway.errors import ConnectionLost, ErrorCode, GatewayError, LocalProtocolError, ServerError
 from gateway.sdk.session import (
@@ -260,6 +262,8 @@ class Client:
         # new path still arrives there (the old network often lingers; a NAT rebinding always
         # does), instead of waiting for loss recovery.
         self._loop.call_later(self.config.migration_grace_s, old.close)
+        if closing(link.protocol._quic):  # it died meanwhile: the reconnect takes over
+            raise ConnectionLost("the connection closed during migrate(); reconnecting")
         link.protocol.change_connection_id()
         await asyncio.wait_for(link.protocol.ping(), self.config.request_timeout_s)
         self.stats.migrations += 1
@@ -539,9 +543,8 @@ class Client:
             self._send_on(link, data)
 
     def _send_on(self, link: _Link, data: bytes) -> None:
-        try:
-            link.protocol._quic.send_stream_data(link.frame_stream, data)
-        except ValueError:  # the gateway finished the stream: the session is over
+        if not send_stream_data(link.protocol._quic, link.frame_stream, data):
+            # The gateway stopped the stream or the connection is closing: the session is over.
             self._link_lost(link, "the session stream is finished")
             return
         link.protocol.transmit()
@@ -635,7 +638,7 @@ class Client:
             now = self._loop.time()
             self._send(self.session.fetches(now))
             link = self._link
-            if link is not None and now >= next_ping:
+            if link is not None and now >= next_ping and not closing(link.protocol._quic):
                 link.protocol._quic.send_ping(0)
                 link.protocol.transmit()
                 next_ping = now + self.config.keepalive_s

@@ -28,7 +28,9 @@ from gateway.engine import (
     QuicEvent,
     StreamReset,
     WebTransportStreamDataReceived,
+    closing,
     peer_address,
+    send_stream_data,
     unacked_bytes,
 )
 from gateway.server import http
@@ -45,6 +47,7 @@ log = logging.getLogger("skein.server")
 _H3_NO_ERROR = 0x100
 _MAX_EARLY_SESSIONS = 4
 _MAX_EARLY_BYTES = 64 * 1024
+_MAX_FINISHED_STREAMS = 16  # frame streams the gateway ended, remembered per connection
 
 
 @dataclass(slots=True)
@@ -67,6 +70,9 @@ class GatewayProtocol(QuicConnectionProtocol):
         self._peer: NetworkAddress | None = None
         self._early: dict[int, list[WebTransportStreamDataReceived]] = {}
         self._answered: set[int] = set()  # CONNECT streams already answered (kept or refused)
+        # Frame streams whose sending side the gateway finished (oldest forgotten first: by
+        # then their FIN has long been delivered).
+        self._finished: dict[int, None] = {}
         self.cid = ""
 
     # ---- asyncio / aioquic hooks ----------------------------------------------------------------
@@ -158,6 +164,8 @@ class GatewayProtocol(QuicConnectionProtocol):
             self._respond(stream_id, response)
 
     def _respond(self, stream_id: int, response: http.Response) -> None:
+        if closing(self._quic):  # the client left before its answer was ready
+            return
         extra = [(b"content-type", response.content_type.encode())]
         extra += [(k.encode(), v.encode()) for k, v in response.headers]
         self._send_headers(stream_id, response.status, end_stream=False, extra=extra)
@@ -174,14 +182,20 @@ class GatewayProtocol(QuicConnectionProtocol):
         extra: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         assert self._h3 is not None
+        if closing(self._quic):  # events can follow the peer's CONNECTION_CLOSE in one datagram
+            return
         headers = [(b":status", str(status).encode()), (b"server", b"skein")] + (extra or [])
         self._h3.send_headers(stream_id, headers, end_stream=end_stream)
         self.transmit()
 
     def _refuse_stream(self, stream_id: int) -> None:
-        """Stop a stream the gateway has no use for (reset our side too if it is bidirectional)."""
+        """Stop a stream the gateway has no use for (reset our side too if it is bidirectional,
+        unless the gateway finished it: a reset would discard its last frames, such as the
+        Error that says why the session ended, and the FIN)."""
+        if closing(self._quic):  # qh3 refuses stream operations once the connection closes
+            return
         self._quic.stop_stream(stream_id, _H3_NO_ERROR)
-        if not stream_id & 2:
+        if not stream_id & 2 and stream_id not in self._finished:
             self._quic.reset_stream(stream_id, _H3_NO_ERROR)
 
     def _hold_early(self, event: WebTransportStreamDataReceived) -> bool:
@@ -228,8 +242,9 @@ class GatewayProtocol(QuicConnectionProtocol):
     # ---- called by the server -------------------------------------------------------------------
 
     def send_frames(self, stream_id: int, data: bytes) -> None:
-        """Queue ``data`` on a session's frame stream (the server transmits after a batch)."""
-        self._quic.send_stream_data(stream_id, data)
+        """Queue ``data`` on a session's frame stream (the server transmits after a batch).
+        Dropped if the stream or connection is over: the hub hears of it from their events."""
+        send_stream_data(self._quic, stream_id, data)
 
     def queued_bytes(self, stream_id: int) -> int:
         """Bytes written to a stream and not yet acknowledged by the client (queued or in
@@ -241,7 +256,10 @@ class GatewayProtocol(QuicConnectionProtocol):
         session = self._by_stream.get(stream_id)
         if session is None:
             return
-        self._quic.send_stream_data(stream_id, b"", end_stream=True)
+        if send_stream_data(self._quic, stream_id, b"", end_stream=True):
+            self._finished[stream_id] = None
+            if len(self._finished) > _MAX_FINISHED_STREAMS:
+                del self._finished[next(iter(self._finished))]
         self._end_session(session)
 
     def _end_session(self, session: _WtSession) -> None:
