@@ -23,7 +23,7 @@ import logging
 import random
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,10 +69,17 @@ class ClientConfig:
     ``ca_file`` verifies the gateway against a CA bundle (the dev CA is ``certs/ca.pem``);
     ``verify=False`` skips verification (development only). ``dual_stack`` uses one IPv6 socket
     that also talks IPv4 (IPv4-mapped addresses), as phones often do.
+
+    ``token`` is the access token (JWT) sent at Hello. ``token_provider``, when given, is called
+    for a token before every Hello instead (the first and each reconnect's), so a long session
+    outlives its tokens: when the gateway closes the session because its token expired
+    (UNAUTHENTICATED), the client reconnects with a fresh one and resumes, instead of giving up.
+    It must return quickly (hand out a token fetched ahead of time).
     """
 
     name: str = ""
     token: str = ""
+    token_provider: Callable[[], str] | None = None
     ca_file: Path | str | None = None
     verify: bool = True
     capabilities: tuple[str, ...] = ("lz4",)
@@ -372,6 +379,8 @@ class Client:
         self._welcome = self._future()
         self._link = link
         self._ready = False  # requests wait until _resume() has re-joined the rooms
+        if self.config.token_provider is not None:
+            self.session.token = self.config.token_provider()
         self._send_on(link, self.session.hello())
 
     async def _await_welcome(self, link: _Link) -> None:
@@ -611,8 +620,12 @@ class Client:
             )
         if isinstance(frame, f.Error) and frame.fatal:
             log.warning("gateway closed the session: %s (%s)", frame.message, frame.code.name)
-            if frame.code < ErrorCode.INTERNAL:
+            renewable = (
+                frame.code == ErrorCode.UNAUTHENTICATED and self.config.token_provider is not None
+            )
+            if frame.code < ErrorCode.INTERNAL and not renewable:
                 # We broke the protocol or are not allowed in: reconnecting would only repeat it.
+                # (An expired token is renewed by the provider at the next Hello.)
                 self._terminal = ServerError(frame.message, code=frame.code, fatal=True)
             if self._welcome is not None and not self._welcome.done():
                 self._welcome.set_exception(  # refused at Hello: connect() fails with why

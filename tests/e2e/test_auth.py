@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -144,3 +145,76 @@ async def test_connections_are_capped_per_source_address(certs: CertPaths, ca_fi
             await d.join("r")
     finally:
         await server.close()
+
+
+@pytest.fixture
+async def strict_expiry(certs: CertPaths):  # type: ignore[no-untyped-def]
+    """A gateway that holds tokens to their exact expiry (no leeway)."""
+    from tests.conftest import GENEROUS
+
+    server = GatewayServer(
+        server_config(
+            certs,
+            CoreConfig(limits=GENEROUS),
+            auth=AuthConfig(hs256_secrets=(SECRET,), dev_secret_file=None, leeway_s=0.0),
+        )
+    )
+    await server.start()
+    yield server
+    await server.close()
+
+
+def short_token(sub: str) -> str:
+    """A token for the lobby that expires 2 s from now."""
+    return mint(sub=sub, join=["lobby"], publish=["lobby"], ttl_s=2, now=time.time(), secret=SECRET)
+
+
+async def test_a_session_ends_when_its_token_expires(
+    strict_expiry: GatewayServer, ca_file: Path
+) -> None:
+    url = chat_url(strict_expiry)
+    async with connect(url, ca_file=ca_file, token=short_token("carol")) as c:
+        await c.join("lobby")
+        deadline = asyncio.get_running_loop().time() + 20
+        while c.stats.last_error is None:
+            assert asyncio.get_running_loop().time() < deadline, "the session outlived its token"
+            await asyncio.sleep(0.1)
+        assert c.stats.last_error.code == ErrorCode.UNAUTHENTICATED and c.stats.last_error.fatal
+        assert "expired" in c.stats.last_error.message
+        # Without a way to get a fresh token the client cannot go on: it says why.
+        with pytest.raises(ServerError) as info:
+            await c.publish("lobby", b"too late")
+        assert info.value.code == ErrorCode.UNAUTHENTICATED
+
+
+async def test_a_token_provider_carries_a_session_across_expiries(
+    strict_expiry: GatewayServer, ca_file: Path
+) -> None:
+    """Tokens live 2 s; the subscriber's session lasts several of them and misses nothing."""
+    url = chat_url(strict_expiry)
+    minted: list[str] = []
+
+    def fresh() -> str:
+        minted.append(short_token("dave"))
+        return minted[-1]
+
+    async with (
+        connect(url, ca_file=ca_file, token_provider=fresh) as sub,
+        connect(url, ca_file=ca_file, token=token("erin", ["lobby"], ["lobby"])) as pub,
+    ):
+        await sub.join("lobby")
+        await pub.join("lobby")
+        sent = []
+        for i in range(25):  # about 5 s: two or more expiries of the subscriber's tokens
+            sent.append(f"gift-{i}".encode())
+            await pub.publish("lobby", sent[-1], priority=Priority.HIGH)
+            await asyncio.sleep(0.2)
+        got: list[bytes] = []
+        async with asyncio.timeout(60):
+            async for event in sub.messages():
+                got.append(event.message.body)
+                if len(got) == len(sent):
+                    break
+        assert got == sent
+        assert sub.stats.reconnects >= 2 and len(minted) >= 3
+        assert strict_expiry.hub.stats.errors["UNAUTHENTICATED"] >= 2
