@@ -273,8 +273,9 @@ class LimitsConfig:
     - ``retry``: QUIC Retry (address validation before any handshake state): ``"off"``,
       ``"always"``, or ``"auto"`` (only while handshakes exceed their rate; see
       :class:`HandshakeGuard`).
-    - ``violations_before_close``: permission and rate refusals (FORBIDDEN, RATE_LIMITED) a
-      session may collect before it is closed; the last one is sent fatal.
+    - ``violations_before_close``: permission refusals (FORBIDDEN, UNAUTHENTICATED) a session
+      may collect before it is closed; the last one is sent fatal. Rate refusals (RATE_LIMITED)
+      don't count: they cost the sender only its wait.
     """
 
     max_connections: int = 10_000
