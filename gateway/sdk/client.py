@@ -60,6 +60,8 @@ from gateway.wire import frames as f
 __all__ = ["Client", "ClientConfig", "ClientStats", "connect"]
 
 log = logging.getLogger("skein.sdk")
+# After the gateway stops our side of the stream, how long to wait for its Error and FIN.
+_STOPPED_GRACE_S = 2.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,6 +137,7 @@ class _Link:
     handshake: asyncio.Future[bool] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    send_stopped: bool = False  # the gateway stopped our side of the frame stream
 
 
 class _EarlyDataRejected(Exception):
@@ -552,9 +555,18 @@ class Client:
             self._send_on(link, data)
 
     def _send_on(self, link: _Link, data: bytes) -> None:
-        if not send_stream_data(link.protocol._quic, link.frame_stream, data):
-            # The gateway stopped the stream or the connection is closing: the session is over.
-            self._link_lost(link, "the session stream is finished")
+        quic = link.protocol._quic
+        if not send_stream_data(quic, link.frame_stream, data):
+            if closing(quic):
+                self._link_lost(link, "the connection is closing")
+            elif not link.send_stopped:
+                # The gateway stopped our side of the stream: it is ending the session, and its
+                # Error (saying why) and the stream's end may still be on their way. Read them;
+                # give up on the link only if they don't come.
+                link.send_stopped = True
+                self._loop.call_later(
+                    _STOPPED_GRACE_S, self._link_lost, link, "the session stream is finished"
+                )
             return
         link.protocol.transmit()
 

@@ -125,3 +125,29 @@ async def test_unknown_path_is_404_and_rooms_endpoint_answers(
             pass
     async with connect(chat_url(gateway), name="b", ca_file=ca_file) as b:  # still serving
         assert (await b.join("lobby")).room == "lobby"
+
+
+async def test_a_client_cut_mid_replay_learns_why(gateway: GatewayServer, ca_file: Path) -> None:
+    """The gateway stops the client's side of the stream when it ends the session; the SDK keeps
+    reading until the Error saying why arrives, so a request made in between fails with that
+    error (and the client does not reconnect into the same mistake)."""
+    from gateway.wire.codec import encode_client_frame
+    from gateway.wire.framing import delimit
+
+    url = chat_url(gateway)
+    async with connect(url, name="busy", ca_file=ca_file) as busy:
+        await busy.join("lobby")
+        await asyncio.gather(*(busy.publish("lobby", b"y" * 1000) for _ in range(100)))
+        async with connect(url, name="m", ca_file=ca_file) as c:
+            joined = await c.join("lobby")
+            # A replay of everything is queued to us, then we break the framing (fatal).
+            replay = f.Join(99, "lobby", f.Cursor(1, {}, joined.incarnation))
+            raw_send(c, delimit(encode_client_frame(replay)) + b"\xff" * 8)
+            await asyncio.sleep(0.005)
+            raw_send(c, delimit(b"\x78\x01"))  # late bytes: the gateway stops our side
+            await asyncio.sleep(0.005)
+            with pytest.raises(ServerError) as info:
+                await c.publish("lobby", b"hello")
+            assert info.value.code == ErrorCode.MALFORMED_FRAME
+            assert c.stats.last_error is not None and c.stats.last_error.fatal
+            assert c.stats.reconnects == 0
