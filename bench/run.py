@@ -18,26 +18,17 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import connections, fanout, handoff, sequencing
+from bench import capacity, connections, fanout, growth, handoff, sequencing
 from bench.common import Figure, machine_info
-from bench.gateway import RunningGateway, gateway_process
+from bench.gateway import BENCH_GATEWAY, RunningGateway, gateway_process
 
-# Benchmarks are synthetic publishers, far faster than a person: lift per-user rate limits;
-# they measure the network path, not auth, and keep nothing.
-BENCH_GATEWAY = """
-[core.limits]
-max_connections_per_address = 100000
-publish_rate_per_connection_per_s = 100000.0
-publish_burst_per_connection = 100000.0
-[store]
-kind = "memory"
-[auth]
-mode = "insecure-dev"
-"""
+__all__ = ["BENCH_GATEWAY", "GATEWAY_SUITES", "SUITES", "main"]
 
 SUITES: dict[str, Callable[[bool], list[Figure]]] = {
     "sequencing": sequencing.run,
     "fanout": fanout.run,
+    "capacity": capacity.run,
+    "growth": growth.run,
     "connections": connections.run,
 }
 GATEWAY_SUITES: dict[str, Callable[[RunningGateway, bool], list[Figure]]] = {
@@ -64,31 +55,41 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(args.only or [*SUITES, *GATEWAY_SUITES])
     console = Console()
     figures: list[Figure] = []
+    seconds: dict[str, float] = {}  # each suite's wall time, so its budget is visible
     started = time.time()
     for name, suite in SUITES.items():
         if name in wanted:
+            began = time.monotonic()
             with console.status(f"running {name} ..."):
                 figures += suite(args.quick)
+            seconds[name] = round(time.monotonic() - began, 1)
     for name, gateway_suite in GATEWAY_SUITES.items():
         if name in wanted:
+            began = time.monotonic()
             with (
                 console.status(f"running {name} (gateway in its own process) ..."),
                 gateway_process(BENCH_GATEWAY) as gw,
             ):
                 figures += gateway_suite(gw, args.quick)
+            seconds[name] = round(time.monotonic() - began, 1)
     table = Table("suite", "figure", "value", "unit", "how", title="Skein benchmarks")
     for fig in figures:
         table.add_row(fig.suite, fig.name, f"{fig.value:,.1f}", fig.unit, fig.note)
     console.print(table)
+    console.print("wall time: " + ", ".join(f"{n} {s:.0f} s" for n, s in seconds.items()))
     result = {
         "machine": machine_info(),
         "quick": args.quick,
         "started": started,
+        "suite_seconds": seconds,
         "figures": [asdict(fig) for fig in figures],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     console.print(f"wrote {args.out}")
+    plotted = growth.plot(figures, args.out.with_name("growth.png"))
+    if plotted is not None:
+        console.print(f"wrote {plotted}")
     return 0
 
 

@@ -1,0 +1,415 @@
+"""Drive a hot room at a fixed load and measure what the gateway does with it.
+
+A :class:`Fleet` is a few :mod:`bench.swarm` processes holding the subscribers, plus one more
+that publishes; all of them run the client QUIC engine (qh3 by default: its native packet core
+takes the least CPU from the gateway on the shared cores). :func:`measure` runs the publisher at
+a fixed rate, lets the room warm up, then measures a steady window: the gateway's CPU time from
+/proc, the deliveries the subscribers counted, the latency the sampled subscribers saw, what the
+gateway shed (from its /metrics) and how busy the clients were (so a reader can tell whether the
+clients, not the gateway, were the limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+import psutil
+
+from bench.common import median
+from bench.gateway import RunningGateway, bench_config, gateway_process
+from loadgen.stats import Summary, merge_encoded
+
+__all__ = [
+    "FULL",
+    "QUICK",
+    "ROOM",
+    "Fleet",
+    "Measurement",
+    "Timing",
+    "fleet",
+    "gateway_config",
+    "in_hot_room",
+    "measure",
+    "medians",
+    "repeat",
+    "summary_note",
+]
+
+T = TypeVar("T")
+
+ROOM = "hot"
+BODY_BYTES = 100
+CLIENT_ENGINE = "qh3"
+SAMPLED_PER_PROCESS = 4  # sessions per process that decode in full and record latency
+REPLY_TIMEOUT_S = 300.0
+QUIET_S = 0.5  # the room is drained once no delivery arrived for this long
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """How long each measurement is, and how many make a median."""
+
+    runs: int
+    warmup_s: float
+    window_s: float
+
+
+FULL = Timing(runs=3, warmup_s=2.0, window_s=5.0)
+QUICK = Timing(runs=1, warmup_s=0.5, window_s=1.5)  # checks the suite works, not how fast
+
+
+def gateway_config(core: str = "") -> str:
+    """The benchmark gateway, with ``core`` lines for its [core] table. The QUIC idle timeout
+    is long: subscribers sit idle between measurements and send no keep-alives."""
+    return bench_config(core=core, server="idle_timeout_s = 300.0\n")
+
+
+class _Child:
+    """One swarm process and its command line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.ps = psutil.Process(proc.pid)
+
+    async def ask(self, *words: object) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write((" ".join(map(str, words)) + "\n").encode())
+        await self.proc.stdin.drain()
+        line = await asyncio.wait_for(self.proc.stdout.readline(), REPLY_TIMEOUT_S)
+        if not line:
+            raise RuntimeError(f"a swarm process exited ({self.proc.returncode}) on {words[0]}")
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"swarm {words[0]} failed: {reply['error']}")
+        return reply
+
+    def cpu_seconds(self) -> float:
+        times = self.ps.cpu_times()
+        return float(times.user + times.system)
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+async def _spawn(engine: str) -> _Child:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.swarm",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "SKEIN_QUIC_ENGINE": engine},
+    )
+    return _Child(proc)
+
+
+@dataclass(frozen=True, slots=True)
+class Tallies:
+    """The subscribers' counters summed over processes, the latency merged exactly."""
+
+    messages: int
+    tombstones: int
+    batches: int
+    errors: int
+    lost: int
+    latency: Summary
+    messages_per_s: float  # each process's count over its own window, summed
+    udp_drops: int  # datagrams the subscribers' sockets dropped
+
+
+class Fleet:
+    """Subscriber processes (each with its share of ``subscribers``) and a publisher process."""
+
+    def __init__(self, subs: list[_Child], publisher: _Child, subscribers: int) -> None:
+        self.subs = subs
+        self.publisher = publisher
+        self.subscribers = subscribers
+        self.url = self.ca = ""
+
+    async def open(self, gw: RunningGateway) -> None:
+        """Connect (or top up) every subscriber to ``gw``. Raises if some can't be opened."""
+        self.url, self.ca = gw.url, str(gw.certs.ca_cert)
+        shares = _shares(self.subscribers, len(self.subs))
+        every = max(1, math.ceil(self.subscribers / len(self.subs) / SAMPLED_PER_PROCESS))
+        replies = await asyncio.gather(
+            *(
+                child.ask("open", self.url, self.ca, ROOM, share, every)
+                for child, share in zip(self.subs, shares, strict=True)
+            )
+        )
+        live = sum(r["live"] for r in replies)
+        if live < self.subscribers:
+            notes = "; ".join(r["note"] for r in replies if r["note"])
+            raise RuntimeError(f"only {live} of {self.subscribers} subscribers joined: {notes}")
+
+    async def reset(self) -> None:
+        await asyncio.gather(*(child.ask("reset") for child in self.subs))
+
+    async def snap(self) -> Tallies:
+        replies = await asyncio.gather(*(child.ask("snap") for child in self.subs))
+        latency = merge_encoded(r["latency"] for r in replies)
+
+        def total(name: str) -> int:
+            return sum(int(r[name]) for r in replies)
+
+        return Tallies(
+            total("messages"),
+            total("tombstones"),
+            total("batches"),
+            total("errors"),
+            total("lost"),
+            Summary.of(latency),
+            sum(r["messages"] / max(1e-9, r["elapsed_s"]) for r in replies),
+            total("udp_drops"),
+        )
+
+    async def publish(self, rate_hz: float) -> None:
+        """Start publishing at ``rate_hz``; returns once the publisher has joined."""
+        await self.publisher.ask("publish", self.url, self.ca, ROOM, rate_hz, BODY_BYTES)
+
+    async def stop_publishing(self) -> dict[str, Any]:
+        """Stop; returns what the publisher sent, what was acked and its worst lag."""
+        return await self.publisher.ask("stop")
+
+    def cpu_seconds(self) -> float:
+        """CPU time of every client process (subscribers and publisher) so far."""
+        return sum(child.cpu_seconds() for child in (*self.subs, self.publisher))
+
+    async def first_delivery(self, limit_s: float = 30.0) -> None:
+        """Wait until a subscriber has been delivered something since the last reset."""
+        await self.reset()
+        for _ in range(round(limit_s / 0.02)):
+            if (await self.snap()).messages:
+                return
+            await asyncio.sleep(0.02)
+
+    async def quiesce(self, limit_s: float = 15.0) -> None:
+        """Wait until deliveries stop (what an overloaded run left queued has drained)."""
+        deadline = time.monotonic() + limit_s
+        last = -1
+        while time.monotonic() < deadline:
+            count = (await self.snap()).messages
+            if count == last:
+                return
+            last = count
+            await asyncio.sleep(QUIET_S)
+
+
+def _shares(total: int, parts: int) -> list[int]:
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+@contextlib.asynccontextmanager
+async def fleet(
+    subscribers: int, processes: int, *, engine: str = CLIENT_ENGINE
+) -> AsyncIterator[Fleet]:
+    """Start the client processes; stop them on exit. ``open(gw)`` connects the subscribers."""
+    processes = max(1, min(processes, subscribers))
+    children = await asyncio.gather(*(_spawn(engine) for _ in range(processes + 1)))
+    try:
+        yield Fleet(list(children[:-1]), children[-1], subscribers)
+    finally:
+        await asyncio.gather(*(child.stop() for child in children))
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """One steady window at a fixed load. Rates are per second of the window."""
+
+    subscribers: int
+    rate_hz: float
+    window_s: float
+    offered_per_s: float  # rate x subscribers
+    delivered_per_s: float  # counted by the subscribers
+    cpu_us_per_delivery: float  # the gateway's CPU / deliveries counted
+    gateway_cpu_percent: float  # of one core
+    gateway_wait_percent: float  # runnable but waiting for a core (the machine was busy)
+    load_avg_1m: float  # the machine's load average at the end of the window (2 cores: > 2 is busy)
+    clients_cpu_percent: float  # all client processes together, of one core
+    gateway_deliveries_per_s: float  # as the gateway counts them (its /metrics)
+    shed: int  # deliveries the gateway shed (tombstones sent instead), in the window
+    tombstones: int  # tombstones the subscribers counted
+    slow_consumer_disconnects: int
+    gateway_udp_drops: int  # datagrams the kernel dropped at the gateway's full socket buffer
+    subscriber_udp_drops: int  # and at the subscribers' sockets
+    sessions_lost: int
+    errors: int
+    gateway_errors_logged: int  # error lines in the gateway's log during the window
+    publish_lag_ms_max: float  # how far the publisher fell behind its own schedule
+    published: int
+    acked: int
+    latency: dict[str, float | int]  # loadgen Summary of the sampled subscribers, ms
+
+    @property
+    def achieved(self) -> float:
+        """Delivered / offered."""
+        return self.delivered_per_s / self.offered_per_s if self.offered_per_s else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "achieved": round(self.achieved, 4)}
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """What was read at the start and the end of a measurement window."""
+
+    elapsed_s: float
+    tallies: Tallies
+    gateway_cpu_s: float
+    gateway_wait_s: float
+    clients_cpu_s: float
+    gateway_udp_drops: int
+    gateway_errors_logged: int
+    metrics: tuple[dict[str, float], dict[str, float]]
+
+    def delta(self, name: str) -> int:
+        """How much a gateway counter (summed over its labels) grew in the window."""
+        before, after = self.metrics
+        return int(after.get(name, 0.0) - before.get(name, 0.0))
+
+
+async def _window(gw: RunningGateway, swarm: Fleet, window_s: float) -> _Window:
+    metrics0 = await asyncio.to_thread(gw.metrics)
+    await swarm.reset()
+    cpu0, clients0, t0 = gw.cpu_seconds(), swarm.cpu_seconds(), time.monotonic()
+    drops0, wait0, logged0 = gw.udp_drops(), gw.cpu_wait_seconds(), gw.errors_logged
+    await asyncio.sleep(window_s)
+    tallies = await swarm.snap()
+    cpu1, clients1, t1 = gw.cpu_seconds(), swarm.cpu_seconds(), time.monotonic()
+    drops1, wait1 = gw.udp_drops(), gw.cpu_wait_seconds()
+    metrics1 = await asyncio.to_thread(gw.metrics)
+    return _Window(
+        t1 - t0,
+        tallies,
+        cpu1 - cpu0,
+        wait1 - wait0,
+        clients1 - clients0,
+        drops1 - drops0,
+        gw.errors_logged - logged0,
+        (metrics0, metrics1),
+    )
+
+
+async def measure(
+    gw: RunningGateway, swarm: Fleet, rate_hz: float, *, warmup_s: float, window_s: float
+) -> Measurement:
+    """Publish at ``rate_hz`` into the hot room; measure a window of ``window_s`` after
+    ``warmup_s``; stop and wait for the room to drain. The fleet must be open on ``gw``."""
+    await swarm.open(gw)  # tops up sessions an earlier overload cost
+    await swarm.publish(rate_hz)
+    try:
+        await swarm.first_delivery()
+        await asyncio.sleep(warmup_s)
+        window = await _window(gw, swarm, window_s)
+    finally:
+        published = await swarm.stop_publishing()
+    await swarm.quiesce()
+    elapsed, tallies = window.elapsed_s, window.tallies
+    return Measurement(
+        subscribers=swarm.subscribers,
+        rate_hz=rate_hz,
+        window_s=round(elapsed, 3),
+        offered_per_s=rate_hz * swarm.subscribers,
+        delivered_per_s=tallies.messages_per_s,
+        cpu_us_per_delivery=window.gateway_cpu_s / max(1, tallies.messages) * 1e6,
+        gateway_cpu_percent=window.gateway_cpu_s / elapsed * 100,
+        gateway_wait_percent=window.gateway_wait_s / elapsed * 100,
+        load_avg_1m=os.getloadavg()[0],
+        clients_cpu_percent=window.clients_cpu_s / elapsed * 100,
+        gateway_deliveries_per_s=window.delta("skein_deliveries_total") / elapsed,
+        shed=window.delta("skein_shed_messages_total"),
+        tombstones=tallies.tombstones,
+        slow_consumer_disconnects=window.delta("skein_slow_consumer_disconnects_total"),
+        gateway_udp_drops=window.gateway_udp_drops,
+        subscriber_udp_drops=tallies.udp_drops,
+        sessions_lost=tallies.lost,
+        errors=tallies.errors,
+        gateway_errors_logged=window.gateway_errors_logged,
+        publish_lag_ms_max=float(published["lag_ms_max"]),
+        published=int(published["sent"]),
+        acked=int(published["acked"]),
+        latency=tallies.latency.as_dict(),
+    )
+
+
+def medians(runs: Sequence[Measurement]) -> dict[str, float]:
+    """The median of each number over ``runs`` (latency percentiles included, as ``p99_ms``...)."""
+    keys = (
+        "delivered_per_s",
+        "gateway_deliveries_per_s",
+        "cpu_us_per_delivery",
+        "gateway_cpu_percent",
+        "gateway_wait_percent",
+        "load_avg_1m",
+        "clients_cpu_percent",
+        "shed",
+        "publish_lag_ms_max",
+    )
+    out = {key: median([float(getattr(run, key)) for run in runs]) for key in keys}
+    out["achieved"] = median([run.achieved for run in runs])
+    for name in ("p50_ms", "p99_ms", "p999_ms", "max_ms"):
+        out[name] = median([float(run.latency[name]) for run in runs])
+    return out
+
+
+async def repeat(
+    gw: RunningGateway, swarm: Fleet, rate_hz: float, timing: Timing
+) -> list[Measurement]:
+    """``timing.runs`` measurements at ``rate_hz``, one after the other."""
+    return [
+        await measure(gw, swarm, rate_hz, warmup_s=timing.warmup_s, window_s=timing.window_s)
+        for _ in range(timing.runs)
+    ]
+
+
+def in_hot_room(
+    engine: str,
+    subscribers: int,
+    work: Callable[[RunningGateway, Fleet], Awaitable[T]],
+    *,
+    core: str = "",
+) -> T:
+    """Start a gateway with the QUIC ``engine`` and ``subscribers`` light subscribers in its hot
+    room (over 2 client processes, 4 from 250 subscribers), run ``work(gateway, fleet)``, stop
+    everything and return what ``work`` returned."""
+
+    async def run(gw: RunningGateway) -> T:
+        async with fleet(subscribers, 2 if subscribers < 250 else 4) as swarm:
+            await swarm.open(gw)
+            return await work(gw, swarm)
+
+    with gateway_process(gateway_config(core), engine=engine, admin=True) as gw:
+        try:
+            return asyncio.run(run(gw))
+        except Exception as exc:
+            raise RuntimeError(f"{exc}; the gateway said:\n{gw.last_output()}") from exc
+
+
+def summary_note(runs: Sequence[Measurement]) -> str:
+    """One line saying how the figure was measured and what the load did (medians)."""
+    m = medians(runs)
+    first = runs[0]
+    return (
+        f"median of {len(runs)} x {first.window_s:.0f} s; {first.subscribers} subscribers x "
+        f"{first.rate_hz:g} msgs/s, {BODY_BYTES} B: delivered {m['delivered_per_s']:,.0f}/s of "
+        f"{first.offered_per_s:,.0f}/s offered ({m['achieved']:.0%}); gateway CPU "
+        f"{m['gateway_cpu_percent']:.0f}% of a core (+{m['gateway_wait_percent']:.0f}% waiting "
+        f"for one), clients {m['clients_cpu_percent']:.0f}%, load {m['load_avg_1m']:.1f}; shed "
+        f"{m['shed']:,.0f}, p99 {m['p99_ms']:,.0f} ms"
+    )
