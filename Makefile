@@ -36,9 +36,10 @@ lint: $(STAMP)  ## ruff (lint + format check) and mypy --strict
 
 # The browser tests run in `make test` (~10 s; installing chromium the first time ~25 s). Without
 # chromium (no root, no apt) they are skipped with the reason instead of failing the run.
-test: $(STAMP) certs lint  ## lint, type-check and run the tests (the browser tests included)
+test: $(STAMP) certs lint  ## lint, type-check and run the tests (the browser tests included), then the end-to-end tests again on the qh3 QUIC engine
 	@sh scripts/ensure-chromium.sh || echo "make test: no chromium: the browser tests will be skipped"
 	$(BIN)/python -m pytest -q
+	SKEIN_QUIC_ENGINE=qh3 $(BIN)/python -m pytest -q tests/e2e tests/test_engine.py
 
 fuzz: $(STAMP)  ## fuzz the decoder and the hub: 100,000 cases per test (about an hour)
 	SKEIN_FUZZ=1 $(BIN)/python -m pytest -q tests/fuzz
