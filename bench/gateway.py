@@ -186,15 +186,16 @@ def gateway_process(
     port: int | None = None,
     certs: CertPaths | None = None,
     timeout_s: float = 30.0,
-    engine: str = "aioquic",
+    engine: str | None = None,
     admin: bool = False,
 ) -> Iterator[RunningGateway]:
     """Start ``skein serve`` with ``config_toml`` on ``port`` (a free one by default) with
     ``certs`` (the development ones by default) and the QUIC ``engine`` (``aioquic`` or
-    ``qh3``); with ``admin`` its admin port serves ``/metrics`` (read with
+    ``qh3``; by default this process's, from ``SKEIN_QUIC_ENGINE``); with ``admin`` its admin port serves ``/metrics`` (read with
     :meth:`RunningGateway.metrics`). Stops it on exit. Used by the benchmarks and by tests that
     need a gateway in its own process (to kill it, say)."""
     certs = certs or ensure_dev_certs(Path("certs"))
+    engine = engine or os.environ.get("SKEIN_QUIC_ENGINE") or "aioquic"
     port = port or free_udp_port()
     admin_port = free_tcp_port() if admin else -1
     config = Path(f"/tmp/skein-bench-{os.getpid()}-{port}.toml")
