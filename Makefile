@@ -7,7 +7,7 @@ PROTO  := schemas/skein/v1/frames.proto
 HOST   ?= 127.0.0.1
 PORT   ?= 4433
 
-.PHONY: help install certs proto lint test test-browser chromium fuzz run demo bench clean
+.PHONY: help install certs proto lint test test-browser chromium fuzz run demo bench profile soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ fuzz: $(STAMP)  ## fuzz the decoder and the hub: 100,000 cases per test (about a
 
 bench: $(STAMP) certs  ## run the benchmark suite; prints a table, writes bench/results.json
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+profile: $(STAMP) certs  ## where the gateway's CPU goes per delivered message (py-spy; PROFILE_ARGS="--engine qh3")
+	$(BIN)/python -m bench.profile $(PROFILE_ARGS)
 
 demo: $(STAMP) certs  ## the main job: gateway + a load run across network handoffs (migration vs reconnect), report and plot
 	$(BIN)/python -m loadgen.demo
