@@ -137,7 +137,10 @@ class Room:
     def _own_deps(self, deps: Mapping[int, int], own: int) -> dict[int, int]:
         """Validate a publisher's clock; keep the current epoch's other shards only.
 
-        Entries for sealed shards are checked and dropped: the epoch's ``sealed`` map dominates them.
+        Entries for sealed shards are dropped unchecked: the epoch's ``sealed`` map dominates them,
+        and after a crash a client may rightly claim more of a sealed shard than the store knew
+        (chatter is fanned out without waiting for the store, so a restart seals a shard at its
+        last stored mark, which can be below what clients saw).
         """
         kept = {}
         current_ids = {s.id for s in self._current}
@@ -150,8 +153,10 @@ class Room:
                     f"vector clock names shard {shard_id}, which room {self.name!r} never had",
                     code=ErrorCode.BAD_VECTOR_CLOCK,
                 )
+            if shard_id not in current_ids:
+                continue
             shard.check_dep(seq)
-            if shard_id != own and shard_id in current_ids:
+            if shard_id != own:
                 kept[shard_id] = seq
         return kept
 

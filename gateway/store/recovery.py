@@ -7,9 +7,11 @@ shard ids above every id it ever used, exactly as a split or merge would. Client
 epoch change; their cursors (same incarnation) stay valid, and the gap between what they hold and
 the sealed seqs is what they fetch from history.
 
-For this to be exact the server must let nothing out that the store has not recorded: a shard
-map only after its epoch is stored, and a message (of any priority) only after a high-water mark
-at or above its seq is stored (see docs/architecture.md, "Durability").
+Reliable messages are exact: they go out only after they (and a high-water mark at or above their
+seq) are stored. Chatter is fanned out without waiting for the store, so clients may have seen
+seqs of a shard above the mark it is sealed at; the gateway drops clock entries for sealed shards
+unchecked (``Room._own_deps``), and those seqs are simply gone with the crash, as chatter may be.
+A shard map may reach clients before its epoch is stored: the gaps below cover that.
 """
 
 from __future__ import annotations

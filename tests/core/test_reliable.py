@@ -109,3 +109,26 @@ def test_a_retry_after_a_restart_is_acked_with_its_stored_place_not_stored_again
     assert [(e.message.sender, e.message.seq) for e in persist.entries] == [("q", 2)]
     pump(hub, [p, q])
     assert q.take(f.Ack) == []  # stored first (group room): waiting for its commit
+
+
+def test_after_a_restart_clocks_may_claim_more_of_a_sealed_shard_than_was_stored() -> None:
+    """Chatter went out before the store heard of it: a client saw shard 1 up to seq 9, the store
+    only to 5. Its next publish, clock and all, is taken (the sealed shard's entry is dominated)."""
+    hub = Hub(CoreConfig(), durable=True)
+    hub.restore_room(
+        "lobby",
+        incarnation=3,
+        mode="live",
+        maps=[f.ShardMap("lobby", 1, (1,), {}, 0), f.ShardMap("lobby", 17, (1025,), {1: 5}, 5)],
+        high_water={1: 5},
+        next_shard_id=1026,
+        now=0.0,
+    )
+    p = Peer(hub, 1, "p")
+    p.send(f.Join(1, "lobby"))
+    p.send(f.Publish(2, "lobby", "after", b"hi", f.Priority.CHATTER, {1: 9}))
+    p.send(f.Publish(3, "lobby", "bogus", b"x", f.Priority.CHATTER, {1025: 50}))
+    pump(hub, [p])
+    assert [(a.client_msg_id, a.shard, a.seq) for a in p.take(f.Ack)] == [("after", 1025, 1)]
+    (error,) = p.take(f.Error)  # the current epoch's shards are still checked
+    assert error.code == ErrorCode.BAD_VECTOR_CLOCK and error.request_id == 3
