@@ -50,6 +50,9 @@ bench: $(STAMP) certs  ## run the benchmark suite; prints a table, writes bench/
 profile: $(STAMP) certs  ## where the gateway's CPU goes per delivered message (py-spy; PROFILE_ARGS="--engine qh3")
 	$(BIN)/python -m bench.profile $(PROFILE_ARGS)
 
+soak: $(STAMP) certs  ## soak the gateway (~7 min): kill -9 + restart, 5% loss, slow consumers; fails on a lost acked reliable message or rising memory
+	$(BIN)/python -m loadgen.soak $(SOAK_ARGS)
+
 demo: $(STAMP) certs  ## the main job: gateway + a load run across network handoffs (migration vs reconnect), report and plot
 	$(BIN)/python -m loadgen.demo
 

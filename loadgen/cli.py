@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 from rich.console import Console
 
+from loadgen.auth import TokenSource, read_secret_file
+from loadgen.context import DEFAULT_RELIABLE_ROOMS
 from loadgen.runner import DEFAULT_TARGET, LoadgenError, RunOptions, RunResult, run_load
 from loadgen.scenario import Scenario, list_scenarios, load_scenario
 from loadgen.schedule import HANDOFF_MODES, HandoffMode
@@ -170,7 +172,40 @@ def _parser() -> argparse.ArgumentParser:
         help="sample this process's CPU and RSS (default: whoever holds the target's UDP port)",
     )
     parser.add_argument("--no-live", action="store_true", help="no live progress display")
+    tokens = parser.add_mutually_exclusive_group()
+    tokens.add_argument(
+        "--token-secret-file",
+        type=Path,
+        metavar="FILE",
+        help="the gateway's HS256 secret ([auth] hs256_secrets, or certs/dev-jwt-secret for a "
+        "gateway on the defaults): each client gets its own token, sub = its name, join and "
+        "publish for the run's rooms (without this or --token, clients send no token: start "
+        "the gateway with --insecure-dev)",
+    )
+    tokens.add_argument(
+        "--token",
+        metavar="JWT",
+        help="one token for every client (its join and publish patterns must cover the "
+        "scenario's rooms, e.g. 'demo-*'; all clients then publish under its sub)",
+    )
+    parser.add_argument(
+        "--group-rooms",
+        default=",".join(DEFAULT_RELIABLE_ROOMS),
+        metavar="PATTERNS",
+        help="the gateway's core.group_rooms: every message there is reliable and checked by "
+        "identity, like high-priority ones (default %(default)s)",
+    )
     return parser
+
+
+def _tokens(args: argparse.Namespace, scenario: Scenario) -> TokenSource | None:
+    """The token source the flags ask for. Raises ValueError (OSError for an unreadable file)."""
+    ttl_s = max(3600.0, 4 * (scenario.duration_s + scenario.drain_s))
+    if args.token_secret_file is not None:
+        return TokenSource(secret=read_secret_file(args.token_secret_file), ttl_s=ttl_s)
+    if args.token is not None:
+        return TokenSource(token=args.token)
+    return None
 
 
 def _gateway_pid(args: argparse.Namespace, console: Console) -> int | None:
@@ -215,8 +250,10 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             mode=args.mode,
             gateway_pid=_gateway_pid(args, console),
+            tokens=_tokens(args, scenario),
+            reliable_rooms=tuple(p.strip() for p in args.group_rooms.split(",") if p.strip()),
         )
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"skein loadgen: {exc}", file=sys.stderr)
         return 2
     live = not args.no_live and console.is_terminal

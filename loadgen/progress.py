@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -21,12 +22,25 @@ class LiveView:
     """A rich Live display fed by :func:`loadgen.runner.run_load`'s ``on_progress``.
 
     Use as a context manager around the run; :meth:`update` may be called any number of times.
+    ``extra`` gives one more status line (the soak's gateway state); ``on_update`` is also called
+    with every progress report; :meth:`say` prints a line above the display.
     """
 
-    def __init__(self, console: Console, *, title: str, clients: int, duration_s: float) -> None:
+    def __init__(
+        self,
+        console: Console,
+        *,
+        title: str,
+        clients: int,
+        duration_s: float,
+        extra: Callable[[], str] | None = None,
+        on_update: Callable[[Progress], None] | None = None,
+    ) -> None:
         self._console = console
         self._title = title
         self._duration_s = duration_s
+        self._extra = extra
+        self._on_update = on_update
         self._bars = Bars(
             TextColumn("{task.description:<11}"),
             BarColumn(),
@@ -54,9 +68,16 @@ class LiveView:
         self._live.stop()
 
     def _render(self) -> RenderableType:
-        return Group(f"[bold]{escape(self._title)}[/bold]", self._bars, self._status)
+        extra = escape(self._extra()) if self._extra is not None else ""
+        return Group(f"[bold]{escape(self._title)}[/bold]", self._bars, self._status, extra)
+
+    def say(self, text: str) -> None:
+        """Print ``text`` above the live display."""
+        self._live.console.print(text)
 
     def update(self, progress: Progress) -> None:
+        if self._on_update is not None:
+            self._on_update(progress)
         c = progress.counters
         self._bars.update(
             self._connect, completed=c.get("connected", 0) + c.get("connect_failed", 0)

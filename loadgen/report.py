@@ -75,6 +75,17 @@ def _ok_failed(*path: str) -> _Getter:
     return _g(*path, fmt=lambda v: f"{v['ok']} ok / {v['failed']} failed")
 
 
+def _count(value: Any) -> str:
+    return f"{sum(value.values()):,}" if isinstance(value, Mapping) else f"{value:,}"
+
+
+def _slash(*paths: tuple[str, ...]) -> _Getter:
+    """Counts at ``paths`` joined by " / " (a mapping counts as the sum of its values); "n/a"
+    for one missing (a results file written before the field existed)."""
+    getters = [_g(*path, fmt=_count) for path in paths]
+    return lambda run: " / ".join(get(run) for get in getters)
+
+
 def _pair(first: _Getter, second: _Getter) -> _Getter:
     return lambda run: f"{first(run)} / {second(run)}"
 
@@ -118,7 +129,11 @@ _SECTIONS: list[tuple[str, list[tuple[str, _Getter]]]] = [
         "delivery",
         [
             *(_priority_row(p) for p in PRIORITIES),
-            ("reliable (high) loss", _g("delivery", "reliable_loss")),
+            (
+                "reliable: expected / received / lost (by identity)",
+                _slash(*(("delivery", "reliable", k) for k in ("expected", "received", "lost"))),
+            ),
+            ("reliable loss (all clients)", _g("delivery", "reliable_loss")),
             ("shed / missed", _pair(_g("delivery", "shed"), _g("delivery", "missed"))),
             ("duplicates", _g("delivery", "duplicates")),
             ("causal-order violations", _g("delivery", "order_violations")),
@@ -154,6 +169,18 @@ _SECTIONS: list[tuple[str, list[tuple[str, _Getter]]]] = [
                 ),
             ),
             ("connect retries", _g("clients", "connect_retries")),
+            (
+                "sessions ended by the gateway / came back / gone",
+                _slash(("sessions", "ended"), ("sessions", "comebacks"), ("sessions", "gone")),
+            ),
+            (
+                "stalls / slow-consumer cuts / recovered from history",
+                _slash(
+                    ("sessions", "stalls"),
+                    ("sessions", "slow_consumer_cuts"),
+                    ("sessions", "history_recovered"),
+                ),
+            ),
             ("gateway RSS max (MB)", _g("gateway", "rss_mb", "max", fmt=_ms)),
             (
                 "loadgen workers CPU mean / max (%)",

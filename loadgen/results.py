@@ -30,8 +30,19 @@ def _by_priority(counters: Mapping[str, int], prefix: str) -> dict[str, int]:
     return out
 
 
+def _reliable(c: Mapping[str, int]) -> dict[str, int]:
+    """The identity check: (acked reliable message, member of its room) pairs."""
+    return {
+        "expected": c.get("reliable_expected", 0),
+        "received": c.get("reliable_received", 0),
+        "lost": c.get("reliable_lost", 0),
+        "lost_gone": c.get("reliable_lost_gone", 0),
+    }
+
+
 def _delivery(c: Mapping[str, int]) -> dict[str, Any]:
     loss = _by_priority(c, "loss")
+    reliable = _reliable(c)
     return {
         "published": _by_priority(c, "published"),
         "acked": _by_priority(c, "acked"),
@@ -40,10 +51,12 @@ def _delivery(c: Mapping[str, int]) -> dict[str, Any]:
         "expected": _by_priority(c, "expected"),
         "received": _by_priority(c, "received"),
         "loss": loss,
-        "reliable_loss": loss["high"],
+        "reliable": reliable,
+        "reliable_loss": reliable["lost"] + reliable["lost_gone"],
         "shed": c.get("shed", 0),
         "missed": c.get("missed", 0),
         "duplicates": c.get("duplicates", 0),
+        "duplicates_by_priority": _by_priority(c, "duplicates"),
         "order_violations": c.get("order_violations", 0),
         "foreign": c.get("foreign", 0),
         "dedupe_overflow": c.get("dedupe_overflow", 0),
@@ -75,6 +88,23 @@ def _handoffs(c: Mapping[str, int]) -> dict[str, Any]:
         "sdk_errors": c.get("sdk_errors", 0),
         # Scheduled, but the run ended first because earlier handoffs overran.
         "not_done": c.get("handoffs_not_done", 0),
+    }
+
+
+def _sessions(c: Mapping[str, int]) -> dict[str, Any]:
+    """Sessions the gateway ended under a client, and how the clients came back."""
+    ended = {k.partition(":")[2]: v for k, v in sorted(c.items()) if k.startswith("session_ended:")}
+    return {
+        "ended": ended,
+        "comebacks": c.get("comebacks", 0),
+        "comeback_failed": c.get("comeback_failed", 0),
+        "gone": c.get("clients_gone", 0),
+        "coming_back_at_end": c.get("clients_coming_back", 0),
+        "stalls": c.get("stalls", 0),
+        "slow_consumer_cuts": ended.get("SLOW_CONSUMER", 0),
+        "history_recovered": c.get("history_recovered", 0),
+        "history_failed": c.get("history_failed", 0),
+        "room_resets": c.get("room_resets", 0),
     }
 
 
@@ -149,7 +179,7 @@ def build_summary(
     connected = c.get("connected", 0)
     checks = {
         "all_connected": connected == scenario.clients,
-        "reliable_loss_zero": delivery["reliable_loss"] == 0,
+        "reliable_loss_zero": delivery["reliable_loss"] == 0 and delivery["loss"]["high"] == 0,
         "order_violations_zero": delivery["order_violations"] == 0,
         "duplicates_zero": delivery["duplicates"] == 0,
     }
@@ -179,6 +209,7 @@ def build_summary(
         "publish_lag_ms": merged.summary("publish_lag").as_dict(),
         "delivery": delivery,
         "handoffs": handoffs,
+        "sessions": _sessions(c),
         **_resources(samples, gateway_pid),
         "timeline": {
             "bucket_s": bucket,

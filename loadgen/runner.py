@@ -18,13 +18,15 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import GatewayError
+from loadgen.auth import TokenSource
+from loadgen.context import DEFAULT_RELIABLE_ROOMS, Expected
 from loadgen.results import build_summary
 from loadgen.sampler import Sample, Sampler
 from loadgen.scenario import Scenario
@@ -49,7 +51,11 @@ class RunOptions:
     """How to run a scenario. ``workers`` processes share the clients (at most one per client);
     ``gateway_pid`` is sampled for CPU and RSS if given; ``connect_timeout_s`` bounds the connect
     phase (default: 60 s plus 50 ms per client); ``request_timeout_s`` is each client's SDK
-    request timeout (connects, joins, publishes, migrations)."""
+    request timeout (connects, joins, publishes, migrations); ``idle_timeout_s`` and
+    ``keepalive_s`` its QUIC idle timeout and ping interval (how soon it notices a gateway that
+    died without a word). ``tokens``: where clients' tokens come from (None: no token, for a
+    gateway in insecure-dev mode). ``reliable_rooms``: rooms where every message is reliable (the
+    gateway's ``core.group_rooms``), checked by identity like high-priority messages."""
 
     target_url: str = DEFAULT_TARGET
     ca_file: Path | None = None
@@ -59,13 +65,18 @@ class RunOptions:
     gateway_pid: int | None = None
     connect_timeout_s: float | None = None
     request_timeout_s: float = 15.0
+    idle_timeout_s: float = 30.0
+    keepalive_s: float = 5.0
+    tokens: TokenSource | None = None
+    reliable_rooms: tuple[str, ...] = DEFAULT_RELIABLE_ROOMS
     label: str = ""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
-        if self.request_timeout_s <= 0:
-            raise ValueError("request_timeout_s must be > 0")
+        for name in ("request_timeout_s", "idle_timeout_s", "keepalive_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +92,14 @@ class Progress:
 @dataclass(frozen=True, slots=True)
 class RunResult:
     """One run: ``summary`` is JSON-ready (see :func:`loadgen.results.build_summary`); ``merged``
-    holds the histograms for plots; ``samples`` the CPU/RSS series."""
+    holds the histograms for plots; ``samples`` the CPU/RSS series; ``expected`` what was acked
+    (per room, and the reliable messages by publisher and number)."""
 
     label: str
     summary: dict[str, Any]
     merged: Merged
     samples: tuple[Sample, ...]
+    expected: Expected = field(default_factory=Expected)
 
 
 class _Workers:
@@ -190,6 +203,8 @@ def _specs(scenario: Scenario, options: RunOptions, run_id: str) -> list[WorkerS
     client_options: dict[str, Any] = {
         "verify": options.verify,
         "request_timeout_s": options.request_timeout_s,
+        "idle_timeout_s": options.idle_timeout_s,
+        "keepalive_s": options.keepalive_s,
     }
     if options.ca_file is not None:
         client_options["ca_file"] = str(options.ca_file)
@@ -204,19 +219,25 @@ def _specs(scenario: Scenario, options: RunOptions, run_id: str) -> list[WorkerS
             bucket_s=bucket_s,
             connect_concurrency=max(1, scenario.connect_concurrency // count),
             client_options=client_options,
+            tokens=options.tokens,
+            reliable_rooms=options.reliable_rooms,
         )
         for w in range(count)
     ]
 
 
-def _sum_rooms(parts: list[dict[str, list[int]]]) -> dict[str, list[int]]:
+def _merge_expected(parts: list[Expected]) -> Expected:
+    """The workers' acked publishes together (each publisher lives in one worker)."""
     totals: dict[str, list[int]] = {}
+    reliable: dict[str, dict[int, list[int]]] = {}
     for part in parts:
-        for room, counts in part.items():
+        for room, counts in part.counts.items():
             total = totals.setdefault(room, [0, 0, 0])
             for i, count in enumerate(counts):
                 total[i] += count
-    return totals
+        for room, by_publisher in part.reliable.items():
+            reliable.setdefault(room, {}).update(by_publisher)
+    return Expected(totals, reliable)
 
 
 async def run_load(
@@ -252,8 +273,8 @@ async def run_load(
         workers.send(("go", time.monotonic_ns() + int(GO_LEAD_S * 1e9)))
         run_started_s = time.monotonic() - origin + GO_LEAD_S
         run_s = GO_LEAD_S + scenario.duration_s + 60.0  # publishes settle within their timeouts
-        published = await workers.gather("published", run_s)
-        workers.send(("expect", _sum_rooms(published)))
+        expected = _merge_expected(await workers.gather("published", run_s))
+        workers.send(("expect", expected))
         snapshots: list[Snapshot] = await workers.gather("result", scenario.drain_s + 60.0)
     except BaseException:
         workers.stop()
@@ -279,7 +300,7 @@ async def run_load(
         run_started_s=run_started_s,
         connect_errors=[e for r in ready for e in r["errors"]][:MAX_CONNECT_ERRORS],
     )
-    return RunResult(summary["label"], summary, merged, tuple(sampler.samples))
+    return RunResult(summary["label"], summary, merged, tuple(sampler.samples), expected)
 
 
 async def _report(

@@ -32,6 +32,7 @@ __all__ = [
     "PublishConfig",
     "RoomsConfig",
     "Scenario",
+    "StallConfig",
     "Weights",
     "apply_overrides",
     "list_scenarios",
@@ -54,6 +55,7 @@ MAX_RATE_HZ = 1000.0
 MAX_BODY_BYTES = 16_384  # the gateway's default core.max_body_bytes
 MIN_BODY_BYTES = 32  # room for loadgen's payload header
 MAX_BLACKOUT_MS = 20_000.0  # well within the 30 s QUIC idle timeout
+MAX_STALL_S = 20.0  # the same bound for a slow consumer's stall
 
 
 def _check(ok: bool, message: str) -> None:
@@ -172,6 +174,27 @@ class HandoffConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StallConfig:
+    """Slow consumers: a ``fraction`` of the clients (drawn by seed) stall now and then, every
+    ``mean_interval_s`` on average (exponential intervals), for ``stall_s_min..stall_s_max``
+    (uniform): their path carries nothing, as when a phone's app stops reading. The gateway's
+    backlog for them grows, so its send budget sheds their chatter and, over budget for its
+    ``slow_consumer_s``, it disconnects them (SLOW_CONSUMER); they then come back as an app would
+    (see :mod:`loadgen.sim`)."""
+
+    fraction: float = 0.0
+    mean_interval_s: float = 30.0
+    stall_s_min: float = 2.0
+    stall_s_max: float = 8.0
+
+    def __post_init__(self) -> None:
+        _finite("stalls.fraction", self.fraction, low=0.0, high=1.0)
+        _finite("stalls.mean_interval_s", self.mean_interval_s, low=0.1, high=MAX_DURATION_S)
+        _finite("stalls.stall_s_min", self.stall_s_min, low=0.0, high=MAX_STALL_S)
+        _finite("stalls.stall_s_max", self.stall_s_max, low=self.stall_s_min, high=MAX_STALL_S)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PathsConfig:
     """The emulated network under each client. ``mix`` draws each client's path profile by weight
     (names from :data:`loadgen.relay.PROFILES` or ``custom``); ``switch_on_handoff`` draws a new one
@@ -206,6 +229,7 @@ class Scenario:
     publish: PublishConfig = field(default_factory=PublishConfig)
     handoffs: HandoffConfig = field(default_factory=HandoffConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    stalls: StallConfig = field(default_factory=StallConfig)
 
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()), "a scenario needs a name")
@@ -216,8 +240,8 @@ class Scenario:
         needs_relay = self._needs_relay()
         _check(
             self.paths.relay is not False or not needs_relay,
-            "paths.relay = false, but nat_rebind/blackout handoffs or impaired path profiles "
-            "need the relay",
+            "paths.relay = false, but nat_rebind/blackout handoffs, stalls or impaired path "
+            "profiles need the relay",
         )
 
     def _needs_relay(self) -> bool:
@@ -228,7 +252,7 @@ class Scenario:
         kinds = self.handoffs.mean_interval_s > 0 and any(
             self.handoffs.weight(k) > 0 for k in ("nat_rebind", "blackout")
         )
-        return impaired or kinds
+        return impaired or kinds or self.stalls.fraction > 0
 
     @property
     def uses_relay(self) -> bool:
@@ -243,6 +267,7 @@ _TABLES: dict[str, type[Any]] = {
     "publish": PublishConfig,
     "handoffs": HandoffConfig,
     "paths": PathsConfig,
+    "stalls": StallConfig,
 }
 
 

@@ -11,6 +11,7 @@ rooms, messages and handoff times.
   in time order; sizes log-uniform, priorities by weight.
 - :func:`handoff_schedule`: exponential intervals, kinds by weight, a new path profile each time.
 - :func:`plan_handoff`: what a handoff kind does to the path and how the client recovers, per mode.
+- :func:`stall_schedule`: whether a client is a slow consumer, and when and how long it stalls.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from loadgen.scenario import (
     PathsConfig,
     PublishConfig,
     RoomsConfig,
+    StallConfig,
     Weights,
 )
 
@@ -43,12 +45,14 @@ __all__ = [
     "HandoffPlan",
     "PublishEvent",
     "RoomPicker",
+    "StallEvent",
     "client_rng",
     "handoff_schedule",
     "pick",
     "plan_handoff",
     "publish_schedule",
     "rate_multiplier",
+    "stall_schedule",
     "zipf_weights",
 ]
 
@@ -208,6 +212,34 @@ def handoff_schedule(
         profile = pick(rng, paths.mix) if paths.switch_on_handoff else None
         events.append(HandoffEvent(t, kind, profile))  # type: ignore[arg-type]
         t += rng.expovariate(1.0 / handoffs.mean_interval_s)
+    return events
+
+
+@dataclass(frozen=True, slots=True)
+class StallEvent:
+    """From ``at_s`` for ``length_s`` the client's path carries nothing (a slow consumer)."""
+
+    at_s: float
+    length_s: float
+
+    def __post_init__(self) -> None:
+        if self.at_s < 0 or self.length_s < 0:
+            raise ValueError(f"bad stall event {self!r}")
+
+
+def stall_schedule(rng: random.Random, stalls: StallConfig, duration_s: float) -> list[StallEvent]:
+    """The client's stalls in ``[0, duration_s)``. The first draw decides whether the client is
+    one of the slow ``fraction``; if so, stalls follow at exponential intervals of mean
+    ``mean_interval_s`` (counted from the end of the previous one, so they never overlap), each
+    lasting uniformly ``stall_s_min..stall_s_max``: about ``duration_s / mean_interval_s``."""
+    if rng.random() >= stalls.fraction:
+        return []
+    events: list[StallEvent] = []
+    t = rng.expovariate(1.0 / stalls.mean_interval_s)
+    while t < duration_s:
+        length = rng.uniform(stalls.stall_s_min, stalls.stall_s_max)
+        events.append(StallEvent(t, length))
+        t += length + rng.expovariate(1.0 / stalls.mean_interval_s)
     return events
 
 

@@ -11,38 +11,49 @@ the relay's upstream socket changes, so the gateway sees a new port; ``blackout`
 everything for ``blackout_ms``), then the recovery (``migrate``: ``client.migrate()`` to a new local
 socket, alternating 127.0.0.1 and 127.0.0.2 without a relay so the gateway sees a new address;
 ``reconnect``: ``client.reconnect()``, a new connection resumed from the cursor).
+
+Slow consumers (``[stalls]``): the relay carries nothing for a while, so the gateway's backlog for
+the client grows and its send budget applies. If the gateway ends the session (SLOW_CONSUMER, or
+the SDK gives up reconnecting), the client comes back as an app would: a new session joined live,
+and what it missed read from the room's stored history after its last cursor (reliable messages
+only: chatter is not stored).
+
+Reliable messages (high priority, or any message in a room matching ``reliable_rooms``: the
+gateway's ``group_rooms``) are checked by identity: every member of a room must have every acked
+one, by live delivery, resume or history (:meth:`SimClient.missing`, :meth:`SimClient.account`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import socket
 import time
-from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any
-from urllib.parse import urlsplit
 
-from gateway.errors import GatewayError, LocalProtocolError
-from gateway.sdk.client import Client, connect
+from gateway.errors import ConnectionLost, GatewayError, LocalProtocolError
+from gateway.sdk.client import Client, ClientStats, connect
+from gateway.wire import frames as f
 from gateway.wire.frames import Priority
+from loadgen.auth import room_pattern
+from loadgen.context import Expected, SimContext
+from loadgen.history import before_join, read_history
 from loadgen.payload import FLAG_HANDOFF, Payload, encode_body
-from loadgen.relay import PathProfile, UdpRelay
-from loadgen.scenario import PRIORITIES, Scenario
+from loadgen.relay import UdpRelay
+from loadgen.scenario import PRIORITIES
 from loadgen.schedule import (
     HandoffEvent,
-    HandoffMode,
     client_rng,
     handoff_schedule,
     pick,
     plan_handoff,
     publish_schedule,
+    stall_schedule,
 )
-from loadgen.stats import Recorder
 from loadgen.tracker import ClientTracker
 
-__all__ = ["HANDOFF_TIMEOUT_S", "SimClient", "SimContext", "Target", "resolve_target"]
+__all__ = ["HANDOFF_TIMEOUT_S", "SimClient"]
 
 HANDOFF_TIMEOUT_S = 30.0  # a handoff that takes longer counts as failed
 PUBLISH_GRACE_S = 5.0  # publishes still unsent this long after the end are given up (not_sent)
@@ -50,47 +61,16 @@ PUBLISH_GRACE_S = 5.0  # publishes still unsent this long after the end are give
 # more lets late datagrams from the previous socket through. Keeps fds per client constant.
 RELAY_MAX_CLIENTS = 2
 HISTORY_PER_ROOM = 256
+COMEBACK_ATTEMPTS = 3
+COMEBACK_RETRY_S = 1.0  # backoff before attempt n+1: n times this
+LOST_NOTES = 3  # unreceived reliable messages named per client (all are counted)
+HISTORY_ATTEMPTS = 5
+HISTORY_RETRY_S = 2.0  # backoff before attempt n+1: n times this
 
 _FAILURES = (GatewayError, OSError, TimeoutError, ConnectionError)
 # A publish or a handoff failing in any other way is an SDK bug worth seeing in the report, not a
 # reason for the generator to stop: it is counted and noted like the expected failures.
 _ANY_FAILURE = Exception
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where the gateway is, and the loopback/any hosts a relay uses to reach it."""
-
-    url: str
-    host: str
-    port: int
-    path: str
-    family: int
-    loopback: bool
-
-
-def resolve_target(url: str) -> Target:
-    """Parse and resolve ``url`` (https://host:port/path). Raises ``ValueError``/``OSError``."""
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ValueError(f"--target must look like https://host:port/path, got {url!r}")
-    port = parts.port or 443
-    info = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_DGRAM)[0]
-    address = ipaddress.ip_address(info[4][0])
-    return Target(url, str(address), port, parts.path or "/v1/chat", info[0], address.is_loopback)
-
-
-@dataclass(frozen=True, slots=True)
-class SimContext:
-    """What every client of a worker shares."""
-
-    scenario: Scenario
-    target: Target
-    mode: HandoffMode
-    run_id: str
-    client_options: dict[str, Any]
-    recorder: Recorder
-    profiles: dict[str, PathProfile]
 
 
 class SimClient:
@@ -100,17 +80,29 @@ class SimClient:
         self.ctx = ctx
         self.index = index
         self.attempt = attempt  # a retried connect gets other (still seeded) path impairments
+        self.name = f"lg-{ctx.run_id}-{index}"
         self.tracker = ClientTracker(ctx.recorder, window_s=ctx.scenario.handoffs.window_s)
         self.client: Client | None = None
         self.relay: UdpRelay | None = None
+        self.url = ctx.target.url
+        self.ranks: tuple[int, ...] = ()
         self.rooms: dict[int, str] = {}  # rank -> room name
         self.acked: dict[str, list[int]] = {}  # room -> acked publishes by priority
+        self.acked_reliable: dict[str, list[int]] = {}  # room -> numbers of acked reliable ones
+        self.gone = False  # the session ended and could not be opened again: it did not stay
+        self.coming_back = False  # between a session's end and the history read after it
+        self._joined: dict[str, f.Joined] = {}  # room -> the latest session's Joined
+        self._noted_publish_failure = False
         self._numbers: dict[str, int] = {}
         self._session: contextlib.AbstractAsyncContextManager[Client] | None = None
         self._consumer: asyncio.Task[None] | None = None
+        self._comeback: asyncio.Task[None] | None = None
         self._inflight = asyncio.Semaphore(ctx.scenario.publish.max_in_flight)
         self._publishes: set[asyncio.Task[None]] = set()
         self._local_toggle = False
+        self._stopping = False
+        self._unreceived: list[tuple[str, int, int]] | None = None
+        self._reliable_expected = 0
 
     @property
     def counters(self) -> Any:
@@ -121,29 +113,51 @@ class SimClient:
     async def start(self, ranks: tuple[int, ...]) -> None:
         """Connect (through a fresh relay if the scenario uses one) and join the rooms of
         ``ranks``. Raises on failure, leaving nothing open."""
-        ctx, sc = self.ctx, self.ctx.scenario
-        url = ctx.target.url
+        self.ranks = ranks
         try:
-            if sc.uses_relay:
-                url = await self._start_relay()
-            name = f"lg-{ctx.run_id}-{self.index}"
-            session = connect(url, name=name, **ctx.client_options)
-            self.client = await session.__aenter__()
-            self._session = session  # only once entered: stop() then exits it
-            for rank in ranks:
-                room = f"{sc.rooms.prefix}-{ctx.run_id}-{rank}"
-                joined = await self.client.join(room)
-                # The SDK keeps 10,000 delivered messages per room for ordered(); loadgen never
-                # reads them, and thousands of clients cannot afford it. (Asked for as a
-                # ClientConfig option; until then this private poke.)
-                self.client.session.reconciler(room)._max_history = HISTORY_PER_ROOM
-                self.tracker.joined(room, joined.frontier)
-                self.rooms[rank] = room
-                self.acked[room] = [0, 0, 0]
+            if self.ctx.scenario.uses_relay:
+                self.url = await self._start_relay()
+            await self._open()
         except BaseException:
             await self.stop()
             raise
-        self._consumer = asyncio.get_running_loop().create_task(self._consume(self.client))
+
+    def _token(self) -> str:
+        tokens = self.ctx.tokens
+        if tokens is None:
+            return ""
+        rooms = room_pattern(self.ctx.scenario.rooms.prefix, self.ctx.run_id)
+        return tokens.for_client(self.name, rooms, time.time())
+
+    async def _open(self) -> None:
+        """Open a session, join every room (live, from its frontier) and start consuming.
+        Raises on failure, after closing what it opened."""
+        sc = self.ctx.scenario
+        session = connect(self.url, name=self.name, token=self._token(), **self.ctx.client_options)
+        client = await session.__aenter__()
+        self.client, self._session = client, session  # only once entered: stop() then exits it
+        try:
+            for rank in self.ranks:
+                room = f"{sc.rooms.prefix}-{self.ctx.run_id}-{rank}"
+                joined = self._joined[room] = await client.join(room)
+                # The SDK keeps 10,000 delivered messages per room for ordered(); loadgen never
+                # reads them, and thousands of clients cannot afford it. (Asked for as a
+                # ClientConfig option; until then this private poke.)
+                client.session.reconciler(room)._max_history = HISTORY_PER_ROOM
+                self.tracker.joined(room, joined.frontier)
+                self.rooms[rank] = room
+                self.acked.setdefault(room, [0, 0, 0])
+                self.acked_reliable.setdefault(room, [])
+        except BaseException:
+            await self._close_session()
+            raise
+        self._consumer = asyncio.get_running_loop().create_task(self._consume(client))
+
+    async def _close_session(self) -> None:
+        session, self._session, self.client = self._session, None, None
+        if session is not None:
+            with contextlib.suppress(*_FAILURES):
+                await session.__aexit__(None, None, None)
 
     async def _start_relay(self) -> str:
         target = self.ctx.target
@@ -165,12 +179,14 @@ class SimClient:
 
     async def stop(self) -> None:
         """Close the session and the relay. Safe to call twice."""
-        for task in list(self._publishes):
-            task.cancel()
-        session, self._session = self._session, None
-        if session is not None:
-            with contextlib.suppress(*_FAILURES):
-                await session.__aexit__(None, None, None)
+        self._stopping = True
+        for task in [*self._publishes, self._comeback]:
+            if task is not None:
+                task.cancel()
+        if self._comeback is not None:
+            with contextlib.suppress(asyncio.CancelledError, *_FAILURES):
+                await self._comeback
+        await self._close_session()
         if self._consumer is not None:
             self._consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -185,13 +201,81 @@ class SimClient:
                 self.tracker.delivered(event.room, event.message, time.monotonic_ns())
         except LocalProtocolError:
             self.counters["consumer_overflow"] += 1  # the SDK's queue overflowed: we fell behind
+            return
+        if not self._stopping and client is self.client:  # the session ended under us
+            self._comeback = asyncio.get_running_loop().create_task(self._come_back(client))
+
+    async def _come_back(self, old: Client) -> None:
+        """The gateway ended the session (a slow consumer cut with SLOW_CONSUMER) or the SDK gave
+        up reconnecting: open a new session, joined live, and read what was missed from the
+        rooms' stored history after the old session's cursors. After COMEBACK_ATTEMPTS failures
+        the client is gone (it did not stay)."""
+        self.coming_back = True
+        try:
+            await self._come_back_from(old)
+        finally:
+            self.coming_back = False
+
+    async def _come_back_from(self, old: Client) -> None:
+        error = old.stats.last_error
+        reason = error.code.name if error is not None and error.fatal else "connection_lost"
+        self.counters[f"session_ended:{reason}"] += 1
+        cursors = {room: old.session.reconciler(room).delivered for room in self.rooms.values()}
+        self._add_sdk_stats(old.stats)
+        await self._close_session()
+        for attempt in range(1, COMEBACK_ATTEMPTS + 1):
+            try:
+                await self._open()
+                break
+            except _ANY_FAILURE as exc:
+                self.ctx.recorder.note(f"client {self.index}: coming back: {exc!r}", force=True)
+                await asyncio.sleep(COMEBACK_RETRY_S * attempt)
+        else:
+            self.counters["comeback_failed"] += 1
+            self.gone = True
+            return
+        self.counters["comebacks"] += 1
+        for room, after in cursors.items():
+            await self._read_missed(room, after)
+
+    async def _read_missed(self, room: str, after: dict[int, int]) -> None:
+        """Read ``room``'s stored messages after ``after`` and count those the new session will
+        not have live (:func:`loadgen.history.before_join`). Tries HISTORY_ATTEMPTS times (the
+        gateway may be restarting)."""
+        target, options = self.ctx.target, self.ctx.client_options
+        host = f"[{target.host}]" if target.family == socket.AF_INET6 else target.host
+        for attempt in range(1, HISTORY_ATTEMPTS + 1):
+            try:
+                stored = await read_history(
+                    f"https://{host}:{target.port}",
+                    room,
+                    after,
+                    ca_file=options.get("ca_file"),
+                    verify=bool(options.get("verify", True)),
+                    token=self._token(),
+                )
+                break
+            except _ANY_FAILURE as exc:
+                self.counters["history_retries"] += 1
+                if attempt == HISTORY_ATTEMPTS:
+                    self.counters["history_failed"] += 1
+                    self.ctx.recorder.note(
+                        f"client {self.index}: history of {room}: {exc!r}", force=True
+                    )
+                    return
+                await asyncio.sleep(HISTORY_RETRY_S * attempt)
+        for message in before_join(self._joined[room], stored):
+            self.tracker.recovered(room, message.body, message.priority)
 
     # ---- the run --------------------------------------------------------------------------------
 
     async def run(self, start_ns: int, end_ns: int) -> None:
-        """Publish and hand off on schedule until ``end_ns``; then wait for every publish's ack."""
+        """Publish, hand off and stall on schedule until ``end_ns``; then wait for every
+        publish's ack."""
         await asyncio.gather(
-            self._publish_loop(start_ns, end_ns), self._handoff_loop(start_ns, end_ns)
+            self._publish_loop(start_ns, end_ns),
+            self._handoff_loop(start_ns, end_ns),
+            self._stall_loop(start_ns, end_ns),
         )
         if self._publishes:
             await asyncio.wait(list(self._publishes))
@@ -216,22 +300,31 @@ class SimClient:
             body = encode_body(Payload(intended, self.index, n, flags), event.size_bytes)
             self.ctx.recorder.publish_lag(now - intended)
             self.counters[f"published:{event.priority}"] += 1
-            task = asyncio.get_running_loop().create_task(self._publish(room, body, event.priority))
+            task = asyncio.get_running_loop().create_task(
+                self._publish(room, n, body, event.priority)
+            )
             self._publishes.add(task)
             task.add_done_callback(self._publishes.discard)
 
-    async def _publish(self, room: str, body: bytes, priority: str) -> None:
-        assert self.client is not None
+    def _reliable(self, room: str, priority: str) -> bool:
+        return priority == "high" or any(fnmatchcase(room, p) for p in self.ctx.reliable_rooms)
+
+    async def _publish(self, room: str, n: int, body: bytes, priority: str) -> None:
         try:
-            await self.client.publish(room, body, priority=Priority[priority.upper()])
+            client = self._client()
+            await client.publish(room, body, priority=Priority[priority.upper()])
         except _ANY_FAILURE as exc:
-            self.ctx.recorder.note(f"client {self.index}: publish: {exc!r}")
+            if not self._noted_publish_failure:  # the first per client: they come in runs
+                self._noted_publish_failure = True
+                self.ctx.recorder.note(f"client {self.index}: publish: {exc!r}")
             # Unacked: it may still be sequenced (the SDK re-sends it after a reconnect), but it
             # is not expected by anyone, so a receiver getting it cannot hide a loss elsewhere.
             self.counters["publish_failed"] += 1
         else:
             self.acked[room][PRIORITIES.index(priority)] += 1
             self.counters[f"acked:{priority}"] += 1
+            if self._reliable(room, priority):
+                self.acked_reliable[room].append(n)
         finally:
             self._inflight.release()
 
@@ -247,6 +340,22 @@ class SimClient:
                 self.counters["handoffs_not_done"] += len(events) - done
                 return
             await self.handoff(event)
+
+    async def _stall_loop(self, start_ns: int, end_ns: int) -> None:
+        """A slow consumer's stalls: its relay drops everything for each stall's length."""
+        sc = self.ctx.scenario
+        events = stall_schedule(client_rng(sc.seed, self.index, "stall"), sc.stalls, sc.duration_s)
+        for event in events:
+            await _sleep_until(start_ns + int(event.at_s * 1e9))
+            relay = self.relay
+            if relay is None or time.monotonic_ns() >= end_ns:
+                return
+            self.counters["stalls"] += 1
+            relay.blackhole(True)
+            try:
+                await asyncio.sleep(event.length_s)
+            finally:
+                relay.blackhole(False)
 
     async def handoff(self, event: HandoffEvent) -> None:
         """Go through one handoff; count it ok or failed by kind and by recovery."""
@@ -285,7 +394,8 @@ class SimClient:
                 relay.blackhole(False)
 
     def _client(self) -> Client:
-        assert self.client is not None
+        if self.client is None:
+            raise ConnectionLost("not connected: the client is coming back")
         return self.client
 
     def _next_local_host(self) -> str | None:
@@ -299,30 +409,82 @@ class SimClient:
 
     # ---- the end --------------------------------------------------------------------------------
 
-    def missing(self, expected: dict[str, list[int]]) -> int:
-        """How many expected messages (acked publishes to its rooms) this client has not had."""
-        return sum(
+    def unreceived(self, expected: Expected) -> list[tuple[str, int, int]]:
+        """The acked reliable messages of this client's rooms it has not had yet, as (room,
+        publisher, number). The first call lists them; later calls only re-check that list."""
+        rooms = self.tracker.rooms
+        if self._unreceived is None:
+            self._unreceived = [
+                (room, publisher, n)
+                for room in rooms
+                for publisher, numbers in expected.reliable.get(room, {}).items()
+                for n in numbers
+            ]
+            self._reliable_expected = len(self._unreceived)
+        self._unreceived = [m for m in self._unreceived if not rooms[m[0]].has(m[1], m[2])]
+        return self._unreceived
+
+    def missing(self, expected: Expected) -> int:
+        """How many expected messages this client has not had: acked publishes to its rooms by
+        count, plus acked reliable ones by identity."""
+        counted = sum(
             max(0, want - got)
             for room, tracker in self.tracker.rooms.items()
-            for want, got in zip(expected.get(room, (0, 0, 0)), tracker.received, strict=True)
+            for want, got in zip(
+                expected.counts.get(room, (0, 0, 0)), tracker.received, strict=True
+            )
         )
+        return counted + len(self.unreceived(expected))
 
-    def account(self, expected: dict[str, list[int]]) -> None:
-        """Add this client's loss by priority and its SDK counters to the recorder."""
+    def account(self, expected: Expected) -> None:
+        """Add this client's loss by priority, its reliable check and its SDK counters to the
+        recorder."""
         counters = self.counters
         for room, tracker in self.tracker.rooms.items():
-            want_all = expected.get(room, [0, 0, 0])
+            want_all = expected.counts.get(room, [0, 0, 0])
             for name, want, got in zip(PRIORITIES, want_all, tracker.received, strict=True):
                 counters[f"expected:{name}"] += want
                 counters[f"received:{name}"] += got
                 counters[f"loss:{name}"] += max(0, want - got)
+        unreceived = self.unreceived(expected)
+        # A client still coming back when the run ends did not stay either (it would read the
+        # history next); it is counted apart, so a comeback that never ends shows.
+        stayed = not self.gone and not self.coming_back
+        counters["reliable_expected"] += self._reliable_expected
+        counters["reliable_received"] += self._reliable_expected - len(unreceived)
+        counters["reliable_lost" if stayed else "reliable_lost_gone"] += len(unreceived)
+        counters["clients_gone"] += self.gone
+        counters["clients_coming_back"] += self.coming_back
+        if unreceived:
+            self._note_lost(unreceived, stayed)
         if self.client is not None:
-            stats = self.client.stats
-            counters["sdk_reconnects"] += stats.reconnects
-            counters["sdk_migrations"] += stats.migrations
-            counters["shed"] += stats.skipped
-            counters["missed"] += stats.missed
-            counters["sdk_errors"] += stats.errors
+            self._add_sdk_stats(self.client.stats)
+
+    def _note_lost(self, unreceived: list[tuple[str, int, int]], stayed: bool) -> None:
+        """One note per client that misses reliable messages: how many, which, and its story."""
+        stats = self.client.stats if self.client is not None else None
+        story = (
+            f"reconnects {stats.reconnects}, migrations {stats.migrations}, missed "
+            f"{stats.missed}, room resets {stats.room_resets}, last error {stats.last_error!r}"
+            if stats is not None
+            else "no session"
+        )
+        which = ", ".join(f"#{n} of client {p} in {r}" for r, p, n in unreceived[:LOST_NOTES])
+        state = "stayed" if stayed else ("gone" if self.gone else "still coming back")
+        self.ctx.recorder.note(
+            f"client {self.index} ({state}): {len(unreceived)} reliable messages never arrived "
+            f"({which}); its session: {story}",
+            force=True,
+        )
+
+    def _add_sdk_stats(self, stats: ClientStats) -> None:
+        counters = self.counters
+        counters["sdk_reconnects"] += stats.reconnects
+        counters["sdk_migrations"] += stats.migrations
+        counters["shed"] += stats.skipped
+        counters["missed"] += stats.missed
+        counters["sdk_errors"] += stats.errors
+        counters["room_resets"] += stats.room_resets
 
 
 async def _sleep_until(at_ns: int) -> None:

@@ -220,9 +220,10 @@ class Recorder:
         self.marks: list[tuple[float, str]] = []
         self.notes: list[str] = []
 
-    def note(self, text: str) -> None:
-        """Keep the first :data:`MAX_NOTES` failure descriptions (all failures are counted)."""
-        if len(self.notes) < MAX_NOTES:
+    def note(self, text: str, *, force: bool = False) -> None:
+        """Keep the first :data:`MAX_NOTES` failure descriptions (all failures are counted);
+        ``force``: keep it up to three times that many (a loss must be described)."""
+        if len(self.notes) < (3 * MAX_NOTES if force else MAX_NOTES):
             self.notes.append(text)
 
     def latency(self, latency_ns: int, at_ns: int, *, handoff: bool) -> None:

@@ -21,6 +21,8 @@ from loadgen.stats import Recorder, in_handoff_window
 
 __all__ = ["MAX_OUT_OF_ORDER", "ClientTracker", "RoomTracker", "SeenSet"]
 
+_PRIORITY_NAMES = ("chatter", "normal", "high")  # loadgen.scenario.PRIORITIES, by wire value
+
 MAX_OUT_OF_ORDER = 4096
 """Numbers above a publisher's contiguous prefix remembered per (room, publisher). Past it the
 floor jumps to the lowest remembered number (so a late copy of a skipped number is not recognised
@@ -38,6 +40,10 @@ class SeenSet:
     def __init__(self) -> None:
         self.floor = 0
         self.above: set[int] = set()
+
+    def __contains__(self, n: object) -> bool:
+        """Whether ``n`` was seen (or lies below the floor after an overflow jumped it)."""
+        return isinstance(n, int) and (n <= self.floor or n in self.above)
 
     def add(self, n: int) -> tuple[bool, bool]:
         """Note ``n``. Returns (new: not seen before, overflowed: the bound was hit)."""
@@ -83,6 +89,11 @@ class RoomTracker:
             self.received[min(max(priority, 1), 3) - 1] += 1
         return new, overflowed
 
+    def has(self, publisher: int, n: int) -> bool:
+        """Whether message ``n`` of ``publisher`` has been received (by any path)."""
+        seen = self.seen.get(publisher)
+        return seen is not None and n in seen
+
 
 class ClientTracker:
     """A client's rooms and handoffs, feeding a worker's :class:`Recorder`.
@@ -111,7 +122,27 @@ class ClientTracker:
         self._last_delivery: int | None = None
 
     def joined(self, room: str, frontier: Mapping[int, int]) -> None:
-        self.rooms[room] = RoomTracker(frontier)
+        """A join (or a re-join in a new session) starting live at ``frontier``: the order check
+        starts again from it; what was received before still counts, for duplicates and loss."""
+        tracker = self.rooms.get(room)
+        if tracker is None:
+            self.rooms[room] = RoomTracker(frontier)
+        else:
+            tracker.frontier = dict(frontier)
+
+    def recovered(self, room: str, body: bytes, priority: int) -> bool:
+        """A message read from the room's stored history (after the session was lost): counted
+        like a delivery for loss and duplicates, but not for order or latency (it is late by
+        design). Returns True if it was new."""
+        tracker = self.rooms.get(room)
+        payload = decode_body(body)
+        if tracker is None or payload is None:
+            return False
+        new, overflowed = tracker.first_copy(payload.publisher, payload.n, priority)
+        self._recorder.counters["dedupe_overflow"] += overflowed
+        if new:
+            self._recorder.counters["history_recovered"] += 1
+        return new
 
     def in_window(self, now_ns: int) -> bool:
         """Whether this client is within its handoff window at ``now_ns``."""
@@ -139,6 +170,9 @@ class ClientTracker:
         counters["dedupe_overflow"] += overflowed
         if not new:
             counters["duplicates"] += 1
+            counters[
+                f"duplicates:{_PRIORITY_NAMES[min(max(int(message.priority), 1), 3) - 1]}"
+            ] += 1
             return
         counters["delivered"] += 1
         handoff = self.in_window(now_ns) or bool(payload.flags & FLAG_HANDOFF)

@@ -10,8 +10,9 @@ worker -> runner                runner -> worker
 ``ready`` {connected, failed,   once every client has connected and joined (or failed to)
 errors}
                                 ``go`` start_ns: publishing and handoffs start at ``start_ns``
-``published`` {room: [c, n, h]} acked publishes per room by priority, once all are settled
-                                ``expect`` {room: [c, n, h]}: the totals over all workers
+``published`` Expected         acked publishes per room by priority, and the numbers of the acked
+                                reliable ones per room and publisher, once all are settled
+                                ``expect`` Expected: the same over all workers
 ``result`` Snapshot             after draining (until every client has what it should, or
                                 ``drain_s``) and closing every client
 ``error`` traceback             if anything escaped; the worker then exits
@@ -19,7 +20,8 @@ errors}
 ==============================  =================================================================
 
 Every room is joined by all its members before anyone publishes, so each member of a room should
-receive every acked publish to it: that is the loss check. A worker whose pipe closes (the runner
+receive every acked publish to it: that is the loss check (by count per priority, and for reliable
+messages by identity: see :class:`loadgen.context.Expected`). A worker whose pipe closes (the runner
 went away) stops.
 """
 
@@ -36,9 +38,11 @@ from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
 
+from loadgen.auth import TokenSource
+from loadgen.context import DEFAULT_RELIABLE_ROOMS, Expected, SimContext, resolve_target
 from loadgen.scenario import Scenario
 from loadgen.schedule import HandoffMode, RoomPicker, client_rng
-from loadgen.sim import SimClient, SimContext, resolve_target
+from loadgen.sim import SimClient
 from loadgen.stats import Recorder
 
 __all__ = ["WorkerSpec", "worker_entry"]
@@ -46,6 +50,7 @@ __all__ = ["WorkerSpec", "worker_entry"]
 MAX_ERRORS_REPORTED = 5
 CONNECT_ATTEMPTS = 3
 CONNECT_RETRY_S = 0.5  # backoff before attempt n+1: n times this
+DRAIN_SETTLE_S = 5.0
 _PROGRESS_KEYS = (
     "connected",
     "connect_failed",
@@ -57,12 +62,15 @@ _PROGRESS_KEYS = (
     "reconnect_failed",
     "duplicates",
     "order_violations",
+    "stalls",
+    "comebacks",
 )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerSpec:
-    """One worker's share of a run: the global ``indices`` of its clients, and how to run them."""
+    """One worker's share of a run: the global ``indices`` of its clients, and how to run them
+    (``tokens`` and ``reliable_rooms``: see :class:`loadgen.context.SimContext`)."""
 
     worker_id: int
     scenario: Scenario
@@ -73,6 +81,8 @@ class WorkerSpec:
     bucket_s: float
     connect_concurrency: int
     client_options: dict[str, Any] = field(default_factory=dict)
+    tokens: TokenSource | None = None
+    reliable_rooms: tuple[str, ...] = DEFAULT_RELIABLE_ROOMS
     progress_interval_s: float = 0.5
 
     def __post_init__(self) -> None:
@@ -143,6 +153,8 @@ class _Worker:
             client_options=spec.client_options,
             recorder=self.recorder,
             profiles=scenario.paths.profiles(),
+            tokens=spec.tokens,
+            reliable_rooms=spec.reliable_rooms,
         )
         progress = asyncio.get_running_loop().create_task(self._progress())
         try:
@@ -163,7 +175,7 @@ class _Worker:
             await asyncio.gather(*(sim.run(start_ns, end_ns) for sim in self.sims))
             self.phase = "draining"
             self._send("published", self._published())
-            expected: dict[str, list[int]] = await self._receive("expect")
+            expected: Expected = await self._receive("expect")
             await self._drain(expected, time.monotonic() + scenario.drain_s)
             for sim in self.sims:
                 sim.account(expected)
@@ -207,19 +219,34 @@ class _Worker:
             self.sims.append(sim)
             return
 
-    def _published(self) -> dict[str, list[int]]:
+    def _published(self) -> Expected:
         totals: dict[str, list[int]] = {}
+        reliable: dict[str, dict[int, list[int]]] = {}
         for sim in self.sims:
             for room, counts in sim.acked.items():
                 total = totals.setdefault(room, [0, 0, 0])
                 for i, count in enumerate(counts):
                     total[i] += count
-        return totals
+            for room, numbers in sim.acked_reliable.items():
+                if numbers:
+                    reliable.setdefault(room, {})[sim.index] = list(numbers)
+        return Expected(totals, reliable)
 
-    async def _drain(self, expected: dict[str, list[int]], deadline: float) -> None:
-        """Wait until every client has every message it should, or until ``deadline``."""
-        while time.monotonic() < deadline:
-            if all(sim.missing(expected) == 0 for sim in self.sims):
+    async def _drain(self, expected: Expected, deadline: float) -> None:
+        """Wait until every client has every message it should, or until ``deadline``; or, once
+        every client still there has every reliable message, until nothing more has arrived for
+        :data:`DRAIN_SETTLE_S` (what is missing then is gone: chatter and normal messages shed,
+        or fanned out by a gateway that crashed before storing anything about them)."""
+        last, since = -1, time.monotonic()
+        while (now := time.monotonic()) < deadline:
+            missing = sum(sim.missing(expected) for sim in self.sims)
+            if missing == 0:
+                return
+            if missing != last:
+                last, since = missing, now
+            elif now - since >= DRAIN_SETTLE_S and not any(
+                sim.unreceived(expected) for sim in self.sims if not sim.gone
+            ):
                 return
             await asyncio.sleep(0.1)
 

@@ -8,7 +8,14 @@ from collections import Counter
 
 import pytest
 
-from loadgen.scenario import Burst, HandoffConfig, PathsConfig, PublishConfig, RoomsConfig
+from loadgen.scenario import (
+    Burst,
+    HandoffConfig,
+    PathsConfig,
+    PublishConfig,
+    RoomsConfig,
+    StallConfig,
+)
 from loadgen.schedule import (
     HandoffPlan,
     RoomPicker,
@@ -17,6 +24,7 @@ from loadgen.schedule import (
     plan_handoff,
     publish_schedule,
     rate_multiplier,
+    stall_schedule,
     zipf_weights,
 )
 
@@ -152,3 +160,30 @@ def test_handoff_plans_per_mode() -> None:
         plan = plan_handoff(kind, "reconnect")  # type: ignore[arg-type]
         assert plan.recovery == "reconnect"
         assert plan.path == plan_handoff(kind, "scenario").path  # type: ignore[arg-type]
+
+
+def test_stall_schedule_picks_a_share_of_clients_and_never_overlaps() -> None:
+    stalls = StallConfig(fraction=0.25, mean_interval_s=10.0, stall_s_min=2.0, stall_s_max=5.0)
+    schedules = [stall_schedule(client_rng(3, i, "stall"), stalls, 600.0) for i in range(400)]
+    slow = [s for s in schedules if s]
+    assert 60 < len(slow) < 140  # about a quarter of 400
+    for events in slow:
+        for event in events:
+            assert 0 <= event.at_s < 600 and 2.0 <= event.length_s <= 5.0
+        for before, after in itertools.pairwise(events):
+            assert after.at_s >= before.at_s + before.length_s
+    # ~600 / (10 + 3.5) stalls each on average
+    assert 35 < statistics.fmean(len(s) for s in slow) < 55
+    assert schedules == [
+        stall_schedule(client_rng(3, i, "stall"), stalls, 600.0) for i in range(400)
+    ]
+    assert all(
+        not stall_schedule(client_rng(3, i, "stall"), StallConfig(), 600.0) for i in range(50)
+    )
+
+
+def test_stall_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="stall_s_max"):
+        StallConfig(fraction=0.5, stall_s_min=5.0, stall_s_max=2.0)
+    with pytest.raises(ValueError, match="fraction"):
+        StallConfig(fraction=1.5)
