@@ -89,7 +89,6 @@ class Listener(QuicServer):
         finally:
             self._retry = self._retry_handler
 
-
     def _decide(self, dcid: bytes, retry_token: bool) -> Admission:
         """The guard's decision for a new connection's Initial, counted once per connection
         attempt: datagrams of the same attempt within ``_DECISION_REUSE_S`` reuse it."""
