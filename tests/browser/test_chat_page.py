@@ -29,7 +29,7 @@ from gateway.wire import frames as f
 from tests.browser.cdp import Browser
 from tests.browser.chat_page import ChatPage
 from tests.browser.conftest import StartGateway, page_url
-from tests.conftest import chat_url
+from tests.conftest import GENEROUS, chat_url
 
 TIMEOUT_S = 60.0
 FIXED_TWO = CoreConfig(sharding=ShardingConfig(policy="fixed", min_shards=2))
@@ -194,7 +194,8 @@ async def publish_flat_out(client: Client, name: str, count: int) -> None:
 async def test_page_follows_the_room_through_a_reshard(
     start_gateway: StartGateway, browser: Browser, ca_file: Path
 ) -> None:
-    server = await start_gateway(CoreConfig(tick_ms=5, sharding=HOT))
+    # Two clients publish flat out: lift the per-user publish rate (this test is about resharding).
+    server = await start_gateway(CoreConfig(tick_ms=5, sharding=HOT, limits=GENEROUS))
     page = ChatPage(await browser.new_page())
     await page.open(page_url(server))
     await page.connect("watcher", "stadium")
