@@ -39,6 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import machine_info
+from bench.gateway import bench_config
 from bench.profile_stacks import (
     BUCKETS,
     Profile,
@@ -50,22 +51,6 @@ from bench.profile_stacks import (
 
 __all__ = ["BUCKETS", "Profile", "classify_frame", "classify_stack", "main", "profile_run"]
 
-# The benchmark settings of bench/run.py: lift every per-user limit, keep nothing.
-GATEWAY_TOML = """
-[core]
-tick_ms = {tick_ms}
-lz4_min_bytes = {lz4_min_bytes}
-[core.limits]
-max_connections_per_address = 100000
-publish_rate_per_connection_per_s = 100000.0
-publish_burst_per_connection = 100000.0
-join_rate_per_connection_per_s = 100000.0
-join_burst_per_connection = 100000.0
-[store]
-kind = "memory"
-[auth]
-mode = "insecure-dev"
-"""
 
 # ---- the load: subscribers in a subprocess, the publisher here -----------------------------------
 
@@ -211,7 +196,9 @@ def _gateway(opts: Options, workdir: Path, cprofile_out: Path | None) -> Iterato
 
     certs = ensure_dev_certs(Path("certs"))
     config = workdir / "gateway.toml"
-    config.write_text(GATEWAY_TOML.format(tick_ms=opts.tick_ms, lz4_min_bytes=opts.lz4_min_bytes))
+    config.write_text(
+        bench_config(core=f"tick_ms = {opts.tick_ms}\nlz4_min_bytes = {opts.lz4_min_bytes}")
+    )
     serve = ["serve", "--insecure-dev", "--config", str(config), "--port", "0"]
     serve += ["--admin-port", "-1", "--log-level", "warning", "--quic-engine", opts.engine]
     serve += ["--cert", str(certs.cert), "--key", str(certs.key)]

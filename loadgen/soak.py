@@ -42,6 +42,7 @@ from typing import Any
 from rich.console import Console
 
 from loadgen.auth import TokenSource
+from loadgen.cli import Outcome
 from loadgen.gatewayproc import GatewayProcess, start_gateway
 from loadgen.history import read_history
 from loadgen.report import write_json
@@ -51,7 +52,7 @@ from loadgen.scenario import Scenario, load_scenario
 from loadgen.soak_report import plot_soak, render_soak
 from loadgen.soak_results import RssSample, plateau, soak_checks, store_audit
 
-__all__ = ["SCHEMA", "SoakConfig", "SoakOutcome", "main", "run_soak"]
+__all__ = ["SCHEMA", "SoakConfig", "main", "run_soak"]
 
 SCHEMA = "skein.soak.results/1"
 MAX_RSS_SAMPLES = 100_000
@@ -121,19 +122,6 @@ class SoakConfig:
             drain_s=self.drain_s,
             seed=self.seed,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class SoakOutcome:
-    """The soak's document (``checks``, ``passed``, every figure) and its files."""
-
-    doc: dict[str, Any]
-    json_path: Path
-    plot_path: Path | None
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.doc["passed"])
 
 
 class _Watch:
@@ -332,7 +320,7 @@ def _document(
 
 async def run_soak(
     config: SoakConfig, *, console: Console | None = None, live: bool = False
-) -> SoakOutcome:
+) -> Outcome:
     """Run one soak (see the module docstring) and write its JSON and PNG into
     ``config.out_dir``. Raises ValueError for a bad scenario, LoadgenError if the run could not
     be carried out (the gateway did not start or come back, no client connected)."""
@@ -373,7 +361,7 @@ async def run_soak(
     console.print(f"results: {json_path}")
     if plot_path is not None:
         console.print(f"plot:    {plot_path}")
-    return SoakOutcome(doc, json_path, plot_path)
+    return Outcome(doc, json_path, plot_path)
 
 
 def _parser() -> argparse.ArgumentParser:

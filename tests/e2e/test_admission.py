@@ -9,10 +9,10 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from gateway.core.config import CoreConfig
-from gateway.core.limits import LimitsConfig
 from gateway.engine import H3_ALPN, QuicConfiguration, QuicConnection
 from gateway.sdk.client import connect
 from gateway.server.app import GatewayServer
@@ -23,8 +23,7 @@ from tests.conftest import GENEROUS, chat_url, server_config
 
 @asynccontextmanager
 async def gateway_with(certs: CertPaths, **limits: object) -> AsyncIterator[GatewayServer]:
-    fields = {**{k: getattr(GENEROUS, k) for k in GENEROUS.__dataclass_fields__}, **limits}
-    server = GatewayServer(server_config(certs, CoreConfig(limits=LimitsConfig(**fields))))  # type: ignore[arg-type]
+    server = GatewayServer(server_config(certs, CoreConfig(limits=replace(GENEROUS, **limits))))
     await server.start()
     try:
         yield server
