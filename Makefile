@@ -7,7 +7,7 @@ PROTO  := schemas/skein/v1/frames.proto
 HOST   ?= 127.0.0.1
 PORT   ?= 4433
 
-.PHONY: help install certs proto lint test test-browser chromium fuzz run demo bench profile soak clean
+.PHONY: help install certs proto lint test test-under-load test-browser chromium fuzz run demo bench profile soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ test: $(STAMP) certs lint  ## lint, type-check and run the tests (the browser te
 	@sh scripts/ensure-chromium.sh || echo "make test: no chromium: the browser tests will be skipped"
 	$(BIN)/python -m pytest -q
 	SKEIN_QUIC_ENGINE=qh3 $(BIN)/python -m pytest -q tests/e2e tests/test_engine.py
+
+test-under-load: $(STAMP)  ## make test 3 times in a row while a bounded burner keeps one core busy (RUNS=3)
+	$(BIN)/python scripts/under_load.py --runs $(or $(RUNS),3) -- $(MAKE) test
 
 fuzz: $(STAMP)  ## fuzz the decoder and the hub: 100,000 cases per test (about an hour)
 	SKEIN_FUZZ=1 $(BIN)/python -m pytest -q tests/fuzz
