@@ -73,9 +73,13 @@ async def _chat(args: argparse.Namespace) -> int:
         )
 
         async def show() -> None:
-            async for event in client.messages():
-                m = event.message
-                print(f"[{event.room}] {m.sender}: {m.body.decode('utf-8', 'replace')}", flush=True)
+            try:
+                async for event in client.messages():
+                    m = event.message
+                    text = m.body.decode("utf-8", "replace")
+                    print(f"[{event.room}] {m.sender}: {text}", flush=True)
+            except GatewayError as exc:
+                print(f"skein chat: the session ended: {exc}", file=sys.stderr, flush=True)
 
         printer = asyncio.create_task(show())
         try:

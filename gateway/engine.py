@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 __all__ = [
     "ENGINE",
     "ENGINES",
+    "ENGINE_ERRORS",
     "H3_ALPN",
     "ConnectionTerminated",
     "DataReceived",
@@ -41,6 +42,7 @@ __all__ = [
     "StreamDataReceived",
     "StreamReset",
     "WebTransportStreamDataReceived",
+    "close_reason",
     "closing",
     "engine_version",
     "peer_address",
@@ -63,6 +65,7 @@ if TYPE_CHECKING or ENGINE == "aioquic":
     from aioquic.asyncio.protocol import QuicConnectionProtocol
     from aioquic.asyncio.server import QuicServer, serve
     from aioquic.h3.connection import H3_ALPN, H3Connection
+    from aioquic.h3.connection import ProtocolError as _H3ProtocolError
     from aioquic.h3.events import (
         DatagramReceived,
         DataReceived,
@@ -70,8 +73,10 @@ if TYPE_CHECKING or ENGINE == "aioquic":
         HeadersReceived,
         WebTransportStreamDataReceived,
     )
+    from aioquic.h3.exceptions import H3Error as _H3Error
     from aioquic.quic.configuration import QuicConfiguration
     from aioquic.quic.connection import NetworkAddress, QuicConnection
+    from aioquic.quic.connection import QuicConnectionError as _QuicConnectionError
     from aioquic.quic.events import (
         ConnectionTerminated,
         HandshakeCompleted,
@@ -86,6 +91,7 @@ else:  # pragma: no cover - exercised with SKEIN_QUIC_ENGINE=qh3
     from qh3.asyncio.protocol import QuicConnectionProtocol as _Qh3Protocol
     from qh3.asyncio.server import QuicServer, serve
     from qh3.h3.connection import H3_ALPN, H3Connection
+    from qh3.h3.connection import ProtocolError as _H3ProtocolError
     from qh3.h3.events import (
         DatagramReceived,
         DataReceived,
@@ -93,9 +99,10 @@ else:  # pragma: no cover - exercised with SKEIN_QUIC_ENGINE=qh3
         HeadersReceived,
         WebTransportStreamDataReceived,
     )
+    from qh3.h3.exceptions import H3Error as _H3Error
     from qh3.quic.configuration import QuicConfiguration
     from qh3.quic.connection import NetworkAddress, QuicConnection
-    from qh3.quic.connection import QuicConnectionError as _Qh3ConnectionError
+    from qh3.quic.connection import QuicConnectionError as _QuicConnectionError
     from qh3.quic.events import (
         ConnectionTerminated,
         HandshakeCompleted,
@@ -105,6 +112,19 @@ else:  # pragma: no cover - exercised with SKEIN_QUIC_ENGINE=qh3
         StreamReset,
     )
     from qh3.tls import SessionTicket
+
+# What an engine's API calls raise on a connection that is closed or in the wrong state: qh3
+# raises QuicConnectionError ("connection is closed") from send_headers, create_webtransport_stream
+# and send_ping once the peer has closed; the H3 layers raise their ProtocolError / H3Error
+# subclasses on a stream in the wrong state; aioquic's protocol fails ping() and
+# wait_connected() with the builtin ConnectionError. The SDK turns every one of them into its own
+# error types at its public boundary, so an application never sees an engine's class.
+ENGINE_ERRORS: tuple[type[Exception], ...] = (
+    _QuicConnectionError,
+    _H3ProtocolError,
+    _H3Error,
+    ConnectionError,
+)
 
 
 if not TYPE_CHECKING and ENGINE == "qh3":  # pragma: no cover - exercised with SKEIN_QUIC_ENGINE=qh3
@@ -147,7 +167,7 @@ if not TYPE_CHECKING and ENGINE == "qh3":  # pragma: no cover - exercised with S
         while core is not None:
             try:
                 transmit = quic._call_core(core.poll_transmit, now)
-            except _Qh3ConnectionError as exc:
+            except _QuicConnectionError as exc:
                 if exc.reason_phrase != _AMPLIFICATION_LIMITED:
                     raise
                 break
@@ -199,6 +219,16 @@ def closing(quic: Any) -> bool:
     """True once the connection is closing, draining or closed (by either side or by a timeout):
     nothing written from now on reaches the peer. qh3 raises on a write then, aioquic drops it."""
     return quic._close_event is not None  # both engines set it when the close begins
+
+
+def close_reason(quic: Any) -> str:
+    """Why the connection is closing ("" while it is open): the closing side's reason phrase, or
+    its error code if it gave none. Known as soon as the close begins, while the engine's
+    ConnectionTerminated event waits for the draining period to end (aioquic: 3 PTOs)."""
+    event = quic._close_event
+    if event is None:
+        return ""
+    return str(event.reason_phrase) or f"QUIC error 0x{int(event.error_code):x}"
 
 
 def send_stream_data(quic: Any, stream_id: int, data: bytes, end_stream: bool = False) -> bool:

@@ -101,7 +101,12 @@ class ServerError(GatewayError):
     """(SDK) The gateway answered a request with an ``Error`` frame."""
 
 
-class ConnectionLost(GatewayError):
-    """(SDK) The connection to the gateway ended while a request was waiting for its answer."""
+class ConnectionLost(GatewayError, ConnectionError):
+    """(SDK) There is no connection to the gateway: it could not be made, was refused without an
+    ``Error`` frame, or ended while a request was waiting for its answer.
+
+    It is also a builtin :class:`ConnectionError`, so ``except ConnectionError`` catches it; the
+    SDK raises it in place of any QUIC engine's own exceptions (see ``gateway.engine.ENGINE_ERRORS``).
+    """
 
     default_code = ErrorCode.SHUTTING_DOWN

@@ -202,6 +202,8 @@ class SimClient:
         except LocalProtocolError:
             self.counters["consumer_overflow"] += 1  # the SDK's queue overflowed: we fell behind
             return
+        except GatewayError:
+            pass  # the session ended for good (ServerError or ConnectionLost): come back below
         if not self._stopping and client is self.client:  # the session ended under us
             self._comeback = asyncio.get_running_loop().create_task(self._come_back(client))
 

@@ -23,13 +23,14 @@ import logging
 import random
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.engine import (
+    ENGINE_ERRORS,
     H3_ALPN,
     ConnectionTerminated,
     H3Connection,
@@ -41,6 +42,7 @@ from gateway.engine import (
     QuicEvent,
     SessionTicket,
     StreamDataReceived,
+    close_reason,
     closing,
     send_stream_data,
 )
@@ -144,6 +146,21 @@ class _EarlyDataRejected(Exception):
     """The gateway refused 0-RTT: what rode in it never arrived."""
 
 
+@contextlib.contextmanager
+def _engine_calls(doing: str, link: _Link | None = None) -> Iterator[None]:
+    """The SDK's one boundary with the QUIC engine: what an engine raises when its connection is
+    closed or broken (:data:`~gateway.engine.ENGINE_ERRORS`: qh3's QuicConnectionError, the H3
+    layers' errors, aioquic's builtin ConnectionError) leaves as :class:`ConnectionLost`, saying
+    ``doing`` and, when ``link`` knows it, why the connection closed."""
+    try:
+        yield
+    except ENGINE_ERRORS as exc:
+        if isinstance(exc, GatewayError):  # ours already (ConnectionLost is a ConnectionError)
+            raise
+        why = (close_reason(link.protocol._quic) if link is not None else "") or str(exc)
+        raise ConnectionLost(f"{doing}: the connection is closed ({why})") from exc
+
+
 class _LinkProtocol(QuicConnectionProtocol):
     def __init__(self, quic: QuicConnection, client: Client) -> None:
         super().__init__(quic)
@@ -157,7 +174,7 @@ class _LinkProtocol(QuicConnectionProtocol):
             link.handshake.set_result(event.early_data_accepted)
         if isinstance(event, ConnectionTerminated):
             if link is not None:
-                lost = ConnectionLost(f"connection closed: {event.reason_phrase}")
+                lost = ConnectionLost(f"connection closed: {close_reason(link.protocol._quic)}")
                 for waiter in (link.status, link.handshake):
                     if not waiter.done():
                         waiter.set_exception(lost)
@@ -212,6 +229,7 @@ class Client:
         self._ticket: SessionTicket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._closed_by_app = False  # close() was called before the session ended by itself
         self._reconnecting: asyncio.Task[None] | None = None
         self._overflowed = False
         self._ready = False  # the session is up and its rooms re-joined: requests may go
@@ -245,15 +263,24 @@ class Client:
         await self._request(request_id, data, _Pending(self._future(), room))
 
     async def messages(self) -> AsyncIterator[MessageEvent]:
-        """Every message of every joined room, in causal order per room, until the client closes."""
+        """Every message of every joined room, in causal order per room.
+
+        Ends when the application calls :meth:`close`. Raises the reason when the session ends
+        for good by itself: :class:`ServerError` (the gateway closed it with a fatal ``Error``)
+        or :class:`ConnectionLost` (the connection died and ``reconnect`` is off or gave up), and
+        :class:`LocalProtocolError` when the application fell behind by ``max_queued_messages``.
+        """
         while True:
             event = await self._messages.get()
             if event is None:
+                self._messages.put_nowait(None)  # every later or concurrent reader ends too
                 if self._overflowed:
                     raise LocalProtocolError(
                         "the application fell behind by more than max_queued_messages; "
                         "consume messages() faster or raise the limit"
                     )
+                if self._terminal is not None and not self._closed_by_app:
+                    raise self._terminal
                 return
             yield event
 
@@ -274,8 +301,9 @@ class Client:
         self._loop.call_later(self.config.migration_grace_s, old.close)
         if closing(link.protocol._quic):  # it died meanwhile: the reconnect takes over
             raise ConnectionLost("the connection closed during migrate(); reconnecting")
-        link.protocol.change_connection_id()
-        await asyncio.wait_for(link.protocol.ping(), self.config.request_timeout_s)
+        with _engine_calls("migrate()", link):
+            link.protocol.change_connection_id()
+            await asyncio.wait_for(link.protocol.ping(), self.config.request_timeout_s)
         self.stats.migrations += 1
 
     async def reconnect(self) -> None:
@@ -312,6 +340,7 @@ class Client:
         if self._closing:
             return
         self._closing = True
+        self._closed_by_app = self._terminal is None
         for task in [*self._tasks, self._reconnecting]:
             if task is not None:
                 task.cancel()
@@ -336,14 +365,13 @@ class Client:
         """
         early = self._early_data_possible()
         link = await self._dial()
-        timeout = self.config.request_timeout_s
         try:
             if early:
                 self._begin_session(link)  # rides in 0-RTT
-                if not await asyncio.wait_for(asyncio.shield(link.handshake), timeout):
+                if not await self._await_handshake(link):
                     raise _EarlyDataRejected
             else:
-                await asyncio.wait_for(asyncio.shield(link.handshake), timeout)
+                await self._await_handshake(link)
                 self._begin_session(link)
             await self._await_welcome(link)
         except _EarlyDataRejected:
@@ -363,21 +391,41 @@ class Client:
             self._link = None
         await self._dispose(link)
 
+    async def _await_handshake(self, link: _Link) -> bool:
+        """Wait for the TLS handshake; returns whether 0-RTT early data was accepted. Raises
+        ConnectionLost if the connection closes first or no handshake completes in time."""
+        timeout = self.config.request_timeout_s
+        try:
+            return await asyncio.wait_for(asyncio.shield(link.handshake), timeout)
+        except TimeoutError as exc:
+            raise ConnectionLost(
+                f"no QUIC handshake with {self.host}:{self.port} within {timeout:g} s: is the "
+                "gateway running there, and does UDP reach it?"
+            ) from exc
+
     def _begin_session(self, link: _Link) -> None:
         """Send the WebTransport CONNECT, open the session's stream and say Hello, all at once
-        (WebTransport lets a client use the session before the 200: it saves a round trip)."""
-        link.connect_stream = link.protocol._quic.get_next_available_stream_id()
-        link.protocol.h3.send_headers(
-            link.connect_stream,
-            [
-                (b":method", b"CONNECT"),
-                (b":protocol", b"webtransport"),
-                (b":scheme", b"https"),
-                (b":authority", f"{self.host}:{self.port}".encode()),
-                (b":path", self.path.encode()),
-            ],
-        )
-        link.frame_stream = link.protocol.h3.create_webtransport_stream(link.connect_stream)
+        (WebTransport lets a client use the session before the 200: it saves a round trip).
+
+        Raises ConnectionLost if the connection has closed meanwhile: a gateway that refuses a
+        connection closes it right after the handshake, and on a busy machine that close can
+        arrive before this runs."""
+        if closing(link.protocol._quic):
+            why = close_reason(link.protocol._quic)
+            raise ConnectionLost(f"the connection closed before the session began: {why}")
+        with _engine_calls("starting the session", link):
+            link.connect_stream = link.protocol._quic.get_next_available_stream_id()
+            link.protocol.h3.send_headers(
+                link.connect_stream,
+                [
+                    (b":method", b"CONNECT"),
+                    (b":protocol", b"webtransport"),
+                    (b":scheme", b"https"),
+                    (b":authority", f"{self.host}:{self.port}".encode()),
+                    (b":path", self.path.encode()),
+                ],
+            )
+            link.frame_stream = link.protocol.h3.create_webtransport_stream(link.connect_stream)
         self.session.reset_stream()
         self._welcome = self._future()
         self._link = link
@@ -401,7 +449,13 @@ class Client:
                 f"HTTP {link.status.result()}",
                 code=ErrorCode.UNSPECIFIED,
             )
-        await asyncio.wait_for(self._welcome, self.config.request_timeout_s)
+        try:
+            await asyncio.wait_for(self._welcome, self.config.request_timeout_s)
+        except TimeoutError as exc:
+            raise ConnectionLost(
+                f"the gateway at {self.host}:{self.port} answered the QUIC handshake but sent no "
+                f"Welcome within {self.config.request_timeout_s:g} s"
+            ) from exc
 
     async def _dial(self) -> _Link:
         cfg = self.config
@@ -512,7 +566,8 @@ class Client:
     @staticmethod
     async def _dispose(link: _Link) -> None:
         """Close a link's QUIC connection (if it still lives), then its socket."""
-        link.protocol.close(error_code=0x100, reason_phrase="session over")
+        with contextlib.suppress(*ENGINE_ERRORS):
+            link.protocol.close(error_code=0x100, reason_phrase="session over")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(link.protocol.wait_closed(), 1.0)
         link.transport.close()
@@ -664,8 +719,9 @@ class Client:
             self._send(self.session.fetches(now))
             link = self._link
             if link is not None and now >= next_ping and not closing(link.protocol._quic):
-                link.protocol._quic.send_ping(0)
-                link.protocol.transmit()
+                with contextlib.suppress(*ENGINE_ERRORS):  # a close in between: _link_lost runs
+                    link.protocol._quic.send_ping(0)
+                    link.protocol.transmit()
                 next_ping = now + self.config.keepalive_s
 
 
@@ -673,8 +729,12 @@ class Client:
 async def connect(url: str, **options: Any) -> AsyncIterator[Client]:
     """Open a session to the gateway at ``url``; ``options`` are :class:`ClientConfig` fields.
 
-    Raises ConnectionLost / OSError / TimeoutError when the gateway can't be reached, and
-    ServerError if it refuses the session.
+    Raises :class:`ServerError` (with the gateway's code) if the gateway refuses the session with
+    an ``Error`` frame, :class:`ConnectionLost` (also a builtin ConnectionError) if it can't be
+    reached, closes the connection (as it does over its connection caps) or never answers the
+    Hello, and OSError if the local socket can't be made (a bad ``local_host``). No QUIC engine's
+    own exception leaves the SDK: every method raises the SDK's error types (requests also raise
+    TimeoutError when no answer comes within ``request_timeout_s``).
     """
     client = Client(url, ClientConfig(**options))
     try:

@@ -7,9 +7,10 @@ import json
 import ssl
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from gateway.engine import (
+    ENGINE_ERRORS,
     H3_ALPN,
     DataReceived,
     H3Connection,
@@ -19,6 +20,7 @@ from gateway.engine import (
     QuicEvent,
     quic_connect,
 )
+from gateway.errors import ConnectionLost
 
 __all__ = ["get_json"]
 
@@ -54,7 +56,12 @@ async def get_json(
     token: str = "",
 ) -> tuple[int, Any]:
     """GET ``url`` over HTTP/3 and return (status, decoded JSON body). ``token`` goes as
-    ``Authorization: Bearer`` (the history endpoint needs one unless the gateway is insecure)."""
+    ``Authorization: Bearer`` (the history endpoint needs one unless the gateway is insecure).
+
+    ``timeout_s`` bounds the QUIC handshake and, once connected, the answer. Raises
+    ConnectionLost (a ConnectionError) if no handshake completes in time or the connection closes
+    before the answer, TimeoutError if the answer takes longer; never a QUIC engine's own
+    exception."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 443
     config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name=host)
@@ -62,24 +69,44 @@ async def get_json(
         config.verify_mode = ssl.CERT_NONE
     elif ca_file is not None:
         config.load_verify_locations(str(ca_file))
-    async with quic_connect(
-        host, port, configuration=config, create_protocol=_GetProtocol
-    ) as proto:
-        protocol = cast(_GetProtocol, proto)
-        stream_id = protocol._quic.get_next_available_stream_id()
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
-        protocol.h3.send_headers(
-            stream_id,
-            [
-                (b":method", b"GET"),
-                (b":scheme", b"https"),
-                (b":authority", f"{host}:{port}".encode()),
-                (b":path", path.encode()),
-                (b"accept", b"application/json"),
-                *([(b"authorization", f"Bearer {token}".encode())] if token else []),
-            ],
-            end_stream=True,
-        )
-        protocol.transmit()
-        await asyncio.wait_for(protocol.done, timeout_s)
-        return protocol.status, json.loads(bytes(protocol.body) or b"null")
+    connection = quic_connect(host, port, configuration=config, create_protocol=_GetProtocol)
+    try:
+        try:
+            proto = await asyncio.wait_for(connection.__aenter__(), timeout_s)
+        except TimeoutError as exc:
+            raise ConnectionLost(
+                f"GET {url}: no QUIC handshake within {timeout_s:g} s: is the gateway running "
+                "there, and does UDP reach it?"
+            ) from exc
+        try:
+            return await _request(
+                cast(_GetProtocol, proto), parts, f"{host}:{port}", token, timeout_s
+            )
+        finally:
+            await connection.__aexit__(None, None, None)
+    except ENGINE_ERRORS as exc:
+        if isinstance(exc, ConnectionLost):
+            raise
+        raise ConnectionLost(f"GET {url}: the connection failed or closed ({exc})") from exc
+
+
+async def _request(
+    protocol: _GetProtocol, parts: SplitResult, authority: str, token: str, timeout_s: float
+) -> tuple[int, Any]:
+    stream_id = protocol._quic.get_next_available_stream_id()
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    protocol.h3.send_headers(
+        stream_id,
+        [
+            (b":method", b"GET"),
+            (b":scheme", b"https"),
+            (b":authority", authority.encode()),
+            (b":path", path.encode()),
+            (b"accept", b"application/json"),
+            *([(b"authorization", f"Bearer {token}".encode())] if token else []),
+        ],
+        end_stream=True,
+    )
+    protocol.transmit()
+    await asyncio.wait_for(protocol.done, timeout_s)
+    return protocol.status, json.loads(bytes(protocol.body) or b"null")
