@@ -8,9 +8,10 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Collection
-from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
+
+from gateway.server.udp import kernel_drops
 
 __all__ = ["Figure", "machine_info", "median", "percentile", "udp_drops"]
 
@@ -66,15 +67,6 @@ def machine_info() -> dict[str, Any]:
 
 
 def udp_drops(ports: Collection[int]) -> int:
-    """Datagrams the kernel dropped at the local UDP sockets bound to ``ports`` (their receive
-    buffers were full: the owner fell behind reading), since each socket opened. 0 without
-    Linux's /proc."""
-    drops = 0
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        with suppress(OSError), open(table) as fh:
-            next(fh, None)
-            for line in fh:
-                fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) in ports:
-                    drops += int(fields[-1])
-    return drops
+    """Datagrams the kernel dropped at the local UDP sockets bound to ``ports`` since each
+    opened (see :func:`gateway.server.udp.kernel_drops`)."""
+    return kernel_drops(ports)

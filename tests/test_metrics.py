@@ -19,6 +19,7 @@ from gateway.sdk.client import Client, connect
 from gateway.server import metrics
 from gateway.server.app import GatewayServer
 from gateway.server.logs import setup_logging
+from gateway.server.udp import BufferSizes
 from gateway.top import Scrape, parse_metrics
 from gateway.wire.frames import Priority
 from tests.conftest import chat_url
@@ -161,6 +162,10 @@ class _Idle:
         self.counters: Counter[str] = Counter()
         self.migrations: Counter[str] = Counter()
         self.admissions: Counter[str] = Counter()
+        self.udp_buffers = BufferSizes(0, 0, 0)
+
+    def udp_drops(self) -> int:
+        return 0
 
 
 def test_every_family_is_documented_and_on_the_dashboard() -> None:

@@ -32,6 +32,7 @@ from gateway.server.listener import Listener, listen
 from gateway.server.metrics import install as install_metrics
 from gateway.server.protocol import GatewayProtocol
 from gateway.server.storage import Durability
+from gateway.server.udp import BufferSizes, kernel_drops, log_buffer_sizes
 from gateway.server.webapp import install as install_webapp
 
 __all__ = ["GatewayServer", "run"]
@@ -148,7 +149,9 @@ class GatewayServer:
             create_protocol=partial(GatewayProtocol, gateway=self),
             session_ticket_fetcher=self._tickets.pop,
             session_ticket_handler=self._tickets.add,
+            buffer_bytes=self.config.udp_buffer_bytes,
         )
+        log_buffer_sizes(self._server.buffers)
         if self.admin is not None:
             try:
                 # The certificate the QUIC server has just loaded: the page pins its hash.
@@ -272,6 +275,15 @@ class GatewayServer:
     def admissions(self) -> collections.Counter[str]:
         """New connections' first Initials by outcome: accepted, retried, dropped."""
         return self._server.admissions if self._server is not None else collections.Counter()
+
+    @property
+    def udp_buffers(self) -> BufferSizes:
+        """The UDP socket buffers the kernel granted (zeros before start())."""
+        return self._server.buffers if self._server is not None else BufferSizes(0, 0, 0)
+
+    def udp_drops(self) -> int:
+        """Datagrams the kernel dropped at the gateway's UDP port (its receive buffer was full)."""
+        return kernel_drops({self.address[1]}) if self._server is not None else 0
 
     @property
     def connection_count(self) -> int:

@@ -35,6 +35,10 @@ class ServerConfig:
     - ``idle_timeout_s``: QUIC idle timeout; clients ping well within it.
     - ``max_datagram_frame_bytes``: QUIC DATAGRAM support (WebTransport needs it).
     - ``stream_window_bytes``: flow-control window per stream and for the connection.
+    - ``udp_buffer_bytes``: the receive and send buffer asked of the kernel for the UDP socket
+      (8 MiB: a tick's burst of ACKs from hundreds of subscribers must not overflow it). The
+      gateway logs what it was granted and warns when ``net.core.rmem_max`` capped it; 0
+      keeps the system's default. ``skein_udp_receive_drops_total`` counts what overflowed.
     - ``log_level``: ``debug``, ``info``, ``warning`` or ``error``.
     - ``auth`` (the ``[auth]`` table): who may connect, join and publish (JWTs); ``mode =
       "insecure-dev"`` lets anyone do anything (``skein serve --insecure-dev``).
@@ -50,6 +54,7 @@ class ServerConfig:
     idle_timeout_s: float = 30.0
     max_datagram_frame_bytes: int = 65536
     stream_window_bytes: int = 4 * 1024 * 1024
+    udp_buffer_bytes: int = 8 * 1024 * 1024
     log_level: str = "info"
     admin_host: str = "127.0.0.1"
     admin_port: int = 9433
@@ -62,6 +67,8 @@ class ServerConfig:
             raise ValueError(f"port must be 0..65535, got {self.port}")
         if not -1 <= self.admin_port <= 65535:
             raise ValueError(f"admin_port must be -1 (off) or 0..65535, got {self.admin_port}")
+        if not 0 <= self.udp_buffer_bytes <= 1 << 30:
+            raise ValueError(f"udp_buffer_bytes must be 0..1 GiB, got {self.udp_buffer_bytes}")
         if self.idle_timeout_s <= 0:
             raise ValueError("idle_timeout_s must be positive")
         if not self.chat_path.startswith("/"):

@@ -22,6 +22,7 @@ from typing import Any, cast
 
 from gateway.core.limits import Admission, HandshakeGuard
 from gateway.engine import NetworkAddress, QuicConfiguration, QuicServer
+from gateway.server.udp import BufferSizes, size_buffers
 
 __all__ = ["ADMISSION_OUTCOMES", "Listener", "listen", "parse_initial"]
 
@@ -67,6 +68,7 @@ class Listener(QuicServer):
         self.admissions: collections.Counter[str] = collections.Counter()
         self._retry_handler = self._retry  # the engine's Retry token minter and checker
         self._decided: OrderedDict[tuple[bytes, bool], tuple[Admission, float]] = OrderedDict()
+        self.buffers = BufferSizes(0, 0, 0)  # set by listen() once the socket exists
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
         initial = parse_initial(data) if len(data) >= _MIN_INITIAL_BYTES else None  # type: ignore[arg-type]
@@ -118,8 +120,11 @@ async def listen(
     create_protocol: Callable[..., Any],
     session_ticket_fetcher: Callable[[bytes], Any],
     session_ticket_handler: Callable[[Any], None],
+    buffer_bytes: int = 0,
 ) -> Listener:
-    """Bind ``host:port`` and serve QUIC there behind ``guard`` (as the engine's ``serve()``)."""
+    """Bind ``host:port`` and serve QUIC there behind ``guard`` (as the engine's ``serve()``),
+    with ``buffer_bytes`` of socket buffers asked of the kernel (what it granted is
+    ``listener.buffers``)."""
     loop = asyncio.get_running_loop()
     _, listener = await loop.create_datagram_endpoint(
         lambda: Listener(
@@ -132,4 +137,7 @@ async def listen(
         local_addr=(host, port),
     )
     assert isinstance(listener, Listener)
+    transport = listener._transport
+    assert transport is not None
+    listener.buffers = size_buffers(transport.get_extra_info("socket"), buffer_bytes)
     return listener

@@ -154,6 +154,23 @@ class GatewayCollector:
             server.counters["connections_refused"],
         )
         yield _counter(
+            "skein_udp_receive_drops_total",
+            "Datagrams the kernel dropped at the gateway's UDP port because its receive buffer was "
+            "full (the event loop fell behind reading); each is a loss QUIC must repair.",
+            server.udp_drops(),
+        )
+        buffers = server.udp_buffers
+        yield _gauge(
+            "skein_udp_receive_buffer_bytes",
+            "The UDP receive buffer the kernel granted (udp_buffer_bytes asks for it).",
+            buffers.receive_bytes,
+        )
+        yield _gauge(
+            "skein_udp_send_buffer_bytes",
+            "The UDP send buffer the kernel granted.",
+            buffers.send_bytes,
+        )
+        yield _counter(
             "skein_connections_closed_total",
             "QUIC connections that ended, for any reason.",
             server.counters["connections_closed"],
