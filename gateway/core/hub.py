@@ -5,10 +5,13 @@ re-arms one timer from :meth:`Hub.get_timer`, calls :meth:`Hub.handle_timer` whe
 every call sends what :meth:`Hub.take_outputs` returns. The hub never reads a clock, sleeps or
 touches a socket.
 
-Fan-out: a publish is sequenced and acked at once; the message waits in its room until the tick
-(``tick_ms`` after the first pending message), when each room's new messages become one Deliver
+Fan-out: a publish is sequenced and acked at once. A room that sent nothing during the last
+``tick_ms`` sends its new message at once (at the next :meth:`Hub.handle_timer`, which the server
+runs at the end of the event loop's turn, so what arrived in the same turn shares the batch); a
+room that did waits until ``tick_ms`` after its last batch: Nagle's rule, not a fixed delay, so
+batching starts only while messages come faster than the tick. Each batch becomes one Deliver
 frame, encoded once (and lz4-compressed once for the clients that asked), and the same bytes go to
-every subscriber.
+every subscriber, in an order that rotates from batch to batch so no subscriber is always last.
 """
 
 from __future__ import annotations
@@ -98,8 +101,8 @@ class Hub:
         self._sessions: dict[int, Session] = {}
         self._rooms: dict[str, Room] = {}
         self._outputs: list[Output] = []
-        self._dirty: set[str] = set()
-        self._flush_at: float | None = None
+        self._dirty: dict[str, float] = {}  # rooms with pending messages -> when they are due
+        self._flush_at: float | None = None  # the earliest of those
         # The sharder's next look at each multi-shard room, and the same as a heap (with stale
         # entries, skipped when they surface): the timer is O(log rooms), not O(rooms).
         self._checks: dict[str, float] = {}
@@ -250,7 +253,7 @@ class Hub:
         if self._watch_at is not None and now >= self._watch_at:
             self._watch_at = now + self._tick_s if self._congested else None
         if self._flush_at is not None and now >= self._flush_at:
-            self.flush(now)
+            self._flush_due(now)
         heap, due = self._check_heap, []
         while heap and heap[0][0] <= now:  # taken first: a check re-armed now waits its turn
             due.append(heapq.heappop(heap))
@@ -283,10 +286,19 @@ class Hub:
         return outputs
 
     def flush(self, now: float) -> None:
-        """Fan out every room's pending messages now (the tick calls this)."""
-        self._flush_at = None
-        dirty, self._dirty = self._dirty, set()
-        for name in dirty:
+        """Fan out every room's pending messages now, due or not."""
+        self._flush_rooms(list(self._dirty), now)
+
+    def _flush_due(self, now: float) -> None:
+        """Fan out the rooms whose batches are due (the timer calls this)."""
+        self._flush_rooms([name for name, at in self._dirty.items() if at <= now], now)
+
+    def _flush_rooms(self, names: list[str], now: float) -> None:
+        dirty = self._dirty
+        for name in names:
+            del dirty[name]
+        self._flush_at = min(dirty.values()) if dirty else None
+        for name in names:
             room = self._rooms.get(name)
             if room is not None:
                 self._fan_out(room, now)
@@ -606,9 +618,14 @@ class Hub:
         return TokenBucket(limits.publish_rate_per_room_per_s, limits.publish_burst_per_room)
 
     def _mark_dirty(self, room: Room, now: float) -> None:
-        self._dirty.add(room.name)
-        if self._flush_at is None:
-            self._flush_at = now + self._tick_s
+        """The room has pending messages: due now if it sent no batch for a tick, else a tick
+        after its last batch (Nagle's rule; see the module docstring)."""
+        if room.name in self._dirty:
+            return
+        due = max(now, room.fanned_out_at + self._tick_s)
+        self._dirty[room.name] = due
+        if self._flush_at is None or due < self._flush_at:
+            self._flush_at = due
 
     def _on_fetch(self, session: Session, frame: f.Fetch, now: float) -> None:
         room = self._joined_room(session, frame.room, frame.request_id)
@@ -692,9 +709,12 @@ class Hub:
             priorities[m.priority] = priorities.get(m.priority, 0) + 1
         for shard_id, count in counts.items():
             room.policy.observe(shard_id, count, now)
-        if not ready or not room.subscribers:
+        if not ready:
             return
-        everyone = tuple(room.subscribers)
+        room.fanned_out_at = now
+        if not room.subscribers:
+            return
+        everyone = room.fan_out_order()
         congested = self._congested
         behind = [c for c in everyone if c in congested] if congested else []
         served = tuple(c for c in everyone if c not in congested) if behind else everyone
@@ -727,7 +747,7 @@ class Hub:
         if count is not None and count != len(room.current_shards):
             self._fan_out(room, now)  # the old epoch's messages go out before the new map
         if count is not None and count != len(room.current_shards) and room.can_reshard:
-            self._dirty.discard(room.name)
+            self._dirty.pop(room.name, None)
             if count > len(room.current_shards):
                 self.stats.splits += 1
             else:

@@ -65,6 +65,8 @@ class Room:
         self.mode = mode
         self.policy = policy
         self.subscribers: set[int] = set()
+        self.fanned_out_at = float("-inf")  # when the room last sent a batch (the hub's clock)
+        self._rotation = 0
         self._log_messages = log_messages
         self._next_shard_id = 1
         self._maps: deque[ShardMap] = deque(maxlen=epochs_kept)
@@ -75,6 +77,16 @@ class Room:
         self._recent: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
         self._dedupe_window = dedupe_window
         self._start_epoch(initial_shards, {}, 0, now)
+
+    def fan_out_order(self) -> tuple[int, ...]:
+        """The subscribers in the order this batch serves them: each call starts one further
+        along, so over a run of batches every subscriber is served early as often as late."""
+        everyone = tuple(self.subscribers)
+        if len(everyone) < 2:
+            return everyone
+        self._rotation = (self._rotation + 1) % len(everyone)
+        k = self._rotation
+        return everyone[k:] + everyone[:k]
 
     # ---- epochs ---------------------------------------------------------------------------------
 

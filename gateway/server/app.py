@@ -334,7 +334,9 @@ class GatewayServer:
         task.add_done_callback(self._reads.discard)
 
     def _pump(self) -> None:
-        touched: set[GatewayProtocol] = set()
+        # Connections to transmit on, in the order the hub's Sends name them (a dict keeps it):
+        # the hub rotates each batch's subscribers, so the same ones are not always sent last.
+        touched: dict[GatewayProtocol, None] = {}
         outputs = self.hub.take_outputs()
         while outputs:
             persists = self._deliver(outputs, touched)
@@ -345,7 +347,9 @@ class GatewayServer:
             protocol.transmit()
         self._arm_timer()
 
-    def _deliver(self, outputs: list[Output], touched: set[GatewayProtocol]) -> list[Persist]:
+    def _deliver(
+        self, outputs: list[Output], touched: dict[GatewayProtocol, None]
+    ) -> list[Persist]:
         """Hand Sends to connections and Closes to sessions; return the Persists for the store."""
         routes = self._routes
         persists: list[Persist] = []
@@ -357,7 +361,7 @@ class GatewayServer:
                     route = routes.get(conn_id)
                     if route is not None:
                         route.protocol.send_frames(route.stream_id, data)
-                        touched.add(route.protocol)
+                        touched[route.protocol] = None
                         queued = route.protocol.queued_bytes(route.stream_id)
                         if queued >= budget:
                             self.hub.report_backlog(conn_id, queued, self.now())
@@ -374,7 +378,7 @@ class GatewayServer:
                         },
                     )
                     route.protocol.finish_session(route.stream_id)
-                    touched.add(route.protocol)
+                    touched[route.protocol] = None
             elif isinstance(output, Persist):
                 persists.append(output)
             elif isinstance(output, RoomChanged):
