@@ -2,12 +2,20 @@
 
 The hub says what must be stored (``Persist``, ``RoomChanged``) and what must be read back
 (``StoreRead``); this module does it off the event loop (the writer's thread) and reports back.
+
+A room's record is durable before any of its messages: the writer commits in submission order, so
+a new room's record goes before its first messages, and the store refuses messages of a room it
+has no record of, so if that record write fails (a full disk) the room's reliable publishes fail
+too (``INTERNAL``: not acknowledged; the publisher retries) instead of being stored where a
+restart could not find them. A record (or shard map) whose write failed is written again, ahead
+of the room's next messages, until it is stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -42,6 +50,12 @@ class Durability:
         self.config = config
         self.writer: StoreWriter | None = None
         self._trimmer: asyncio.Task[None] | None = None
+        # Rooms made by this process whose record is not yet known to be stored (being written,
+        # or failed); of those, the ones whose last write failed, to write again before their
+        # next message. Shard maps whose write failed, by room and epoch, likewise.
+        self._unconfirmed: dict[str, RoomRecord] = {}
+        self._failed_rooms: set[str] = set()
+        self._failed_epochs: dict[str, dict[int, EpochRecord]] = {}
 
     async def open(self, hub: Hub, now: float) -> int:
         """Open the store, seal every stored room's last epoch, restore the rooms in the hub.
@@ -49,7 +63,14 @@ class Durability:
         Returns how many rooms were restored. Raises StoreError if the store can't be opened.
         """
         store = await asyncio.to_thread(open_store, self.config)
-        rooms = await asyncio.to_thread(recover, store, dedupe_window=DEDUPE_WINDOW)
+        patterns = hub.config.group_rooms
+
+        def mode_of(room: str) -> str:  # as the hub decides a new room's mode
+            return "group" if any(fnmatch.fnmatchcase(room, p) for p in patterns) else "live"
+
+        rooms = await asyncio.to_thread(
+            recover, store, dedupe_window=DEDUPE_WINDOW, mode_of=mode_of
+        )
         for r in rooms:
             hub.restore_room(
                 r.room.room,
@@ -82,9 +103,32 @@ class Durability:
     # ---- writes ---------------------------------------------------------------------------------
 
     def persist(self, hub: Hub, batch: list[Persist], done: Callable[[], None]) -> None:
-        """One group-commit submission for every Persist of a loop turn; then tell the hub."""
+        """Group-commit every Persist of a loop turn; tell the hub as each commit ends, then
+        call ``done`` (once per submission).
+
+        Rooms whose record is stored share one submission. A room whose record is not yet known
+        to be stored gets a submission of its own (the store refuses it if the record is not
+        there, and that refusal must not fail the other rooms), preceded by its record again
+        when the last write of it failed; a failed shard map is written again the same way.
+        """
         assert self.writer is not None
         stamp = _now_ms()
+        shared: list[Persist] = []
+        alone: dict[str, list[Persist]] = {}
+        for p in batch:
+            if p.room in self._unconfirmed:
+                alone.setdefault(p.room, []).append(p)
+            else:
+                shared.append(p)
+        groups = ([shared] if shared else []) + list(alone.values())
+        for group in groups:
+            for room in dict.fromkeys(p.room for p in group):
+                self._rewrite(room)
+            self._submit(hub, group, stamp, done)
+
+    def _submit(self, hub: Hub, batch: list[Persist], stamp: int, done: Callable[[], None]) -> None:
+        """One submission for ``batch``; report to the hub when it commits (or fails)."""
+        assert self.writer is not None
         messages = [
             StoredMessage.from_message(p.room, e.message, stamp) for p in batch for e in p.entries
         ]
@@ -123,16 +167,69 @@ class Durability:
                 hub.persist_failed(item.room, item.entries, str(exc), now)
 
     def room_changed(self, change: RoomChanged) -> None:
-        """Store a new room's record and each epoch it starts (in order with the messages)."""
-        assert self.writer is not None
-        futures = []
+        """Store a new room's record and each epoch it starts (in order with the messages).
+
+        A failed write is logged and remembered: it is written again before the room's next
+        messages or shard map (:meth:`persist`), until it is stored."""
         if change.created:
-            futures.append(
-                self.writer.put_room(RoomRecord(change.room, change.incarnation, change.mode))
-            )
-        futures.append(self.writer.put_epoch(EpochRecord.from_map(change.shard_map)))
-        for fut in futures:
-            fut.add_done_callback(_log_failure)
+            record = RoomRecord(change.room, change.incarnation, change.mode)
+            self._unconfirmed[change.room] = record
+            self._put_room(record)
+        else:
+            self._rewrite(change.room)
+        self._put_epoch(EpochRecord.from_map(change.shard_map))
+
+    def _rewrite(self, room: str) -> None:
+        """Queue again the room's record and shard maps whose last write failed, if any."""
+        if room in self._failed_rooms:
+            self._failed_rooms.discard(room)
+            self._put_room(self._unconfirmed[room])
+        if room in self._failed_epochs:
+            for _, epoch in sorted(self._failed_epochs.pop(room).items()):
+                self._put_epoch(epoch)
+
+    def _put_room(self, record: RoomRecord) -> None:
+        assert self.writer is not None
+        try:
+            future = self.writer.put_room(record)
+        except GatewayError as exc:  # the queue is full or closing: as a failed write
+            self._room_written(record.room, exc)
+            return
+        future.add_done_callback(lambda fut: self._room_written(record.room, fut.exception()))
+
+    def _room_written(self, room: str, exc: BaseException | None) -> None:
+        if exc is None:
+            self._unconfirmed.pop(room, None)
+            self._failed_rooms.discard(room)
+            return
+        self._failed_rooms.add(room)
+        log.error(
+            "storing room %s failed: %s; its reliable messages are refused until it is stored",
+            room,
+            exc,
+            extra={"event": "store_failed", "room": room},
+        )
+
+    def _put_epoch(self, record: EpochRecord) -> None:
+        assert self.writer is not None
+        try:
+            future = self.writer.put_epoch(record)
+        except GatewayError as exc:
+            self._epoch_written(record, exc)
+            return
+        future.add_done_callback(lambda fut: self._epoch_written(record, fut.exception()))
+
+    def _epoch_written(self, record: EpochRecord, exc: BaseException | None) -> None:
+        if exc is None:
+            return
+        self._failed_epochs.setdefault(record.room, {})[record.epoch] = record
+        log.error(
+            "storing a shard map of room %s failed: %s; it is written again before the room's "
+            "next messages",
+            record.room,
+            exc,
+            extra={"event": "store_failed", "room": record.room},
+        )
 
     # ---- reads ----------------------------------------------------------------------------------
 
@@ -178,8 +275,3 @@ class Durability:
                         removed,
                         extra={"event": "store_trimmed", "count": removed},
                     )
-
-
-def _log_failure(fut: asyncio.Future[None]) -> None:
-    if fut.exception() is not None:
-        log.error("store write failed: %s", fut.exception(), extra={"event": "store_failed"})

@@ -9,7 +9,12 @@ Stores are synchronous and single-threaded: one caller at a time, from any one t
 The asyncio server does not call them directly; :class:`~gateway.store.writer.StoreWriter` runs
 every call on one worker thread and groups appends into commits.
 
-Errors: the caller's mistakes (a duplicate or out-of-order seq, a bad limit, use after close) raise
+A room's record comes first: :meth:`Store.append` refuses messages and marks of a room with no
+stored record, so a room whose record write failed (a full disk) can never leave messages behind
+that a restart would not know how to take up.
+
+Errors: the caller's mistakes (a duplicate or out-of-order seq, a room with no record, a bad limit,
+use after close) raise
 :class:`~gateway.errors.LocalProtocolError`; failures of the store (I/O, corruption) raise
 :class:`~gateway.store.records.StoreError`. A failed :meth:`Store.append` changes nothing.
 """
@@ -35,8 +40,10 @@ __all__ = [
     "StoreConfig",
     "check_limit",
     "next_cursor",
+    "no_record",
     "open_store",
     "plan_append",
+    "prev_cursor",
 ]
 
 MAX_READ_LIMIT = 1000
@@ -156,7 +163,9 @@ class Store(Protocol):
         last seq the shard has assigned; marks only ever rise (a lower one is ignored) and a
         stored seq raises its shard's mark too. Within a shard, ``batch`` must hold strictly
         ascending seqs above every seq the shard ever stored (holes allowed), else
-        LocalProtocolError. An empty batch with marks only is fine. Raises StoreError on failure.
+        LocalProtocolError. Every room ``batch`` or ``high_water`` names must have a stored record
+        (:meth:`put_room`), else LocalProtocolError: a room is durable before any of its messages.
+        An empty batch with marks only is fine. Raises StoreError on failure.
         """
         ...
 
@@ -173,6 +182,12 @@ class Store(Protocol):
 
     def rooms(self) -> list[RoomRecord]:
         """Every stored room record, by room name."""
+        ...
+
+    def known_rooms(self) -> list[str]:
+        """Every room the store holds anything of (a record, a shard map, a mark or a message), by
+        name. A name without a record in :meth:`rooms` is an orphan, which only a store written
+        before :meth:`append` required records can hold; recovery rebuilds it."""
         ...
 
     def epochs(self, room: str) -> list[EpochRecord]:
@@ -197,6 +212,14 @@ class Store(Protocol):
         batch's order; within a shard that is seq order), at most ``limit`` (clipped as in
         :meth:`read`). :func:`next_cursor` of the result continues exactly where it stopped,
         with nothing skipped or repeated."""
+        ...
+
+    def read_before(self, room: str, before: Mapping[int, int], limit: int) -> list[StoredMessage]:
+        """The room's newest stored messages: those whose seq is below ``before[shard]`` (every
+        one of a shard ``before`` does not name), newest first in commit order (the reverse of
+        :meth:`read_after`), at most ``limit`` (clipped as in :meth:`read`); fewer only when no
+        more are stored. :func:`prev_cursor` of the result continues exactly where it stopped,
+        with nothing skipped or repeated. Recovery reads each room's retry window with it."""
         ...
 
     def trim(self, now_ms: int, retention: Retention, *, max_rows: int = 10_000) -> int:
@@ -271,6 +294,23 @@ def next_cursor(after: Mapping[int, int], page: Iterable[StoredMessage]) -> dict
         if message.seq > cursor.get(message.shard, 0):
             cursor[message.shard] = message.seq
     return cursor
+
+
+def prev_cursor(before: Mapping[int, int], page: Iterable[StoredMessage]) -> dict[int, int]:
+    """The cursor after ``page`` (a :meth:`Store.read_before` result for ``before``): per shard,
+    the lowest seq read so far."""
+    cursor = dict(before)
+    for message in page:
+        if message.shard not in cursor or message.seq < cursor[message.shard]:
+            cursor[message.shard] = message.seq
+    return cursor
+
+
+def no_record(room: str) -> LocalProtocolError:
+    """The refusal of an append that names ``room`` while the store holds no record of it."""
+    return LocalProtocolError(
+        f"room {room!r} has no stored record: its messages are refused until the record is stored"
+    )
 
 
 # ---- the registry -------------------------------------------------------------------------------

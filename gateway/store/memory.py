@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 
 from gateway.errors import LocalProtocolError
-from gateway.store.base import Retention, check_limit, plan_append
+from gateway.store.base import Retention, check_limit, no_record, plan_append
 from gateway.store.records import EpochRecord, RoomRecord, StoredMessage
 
 __all__ = ["MemoryStore"]
@@ -57,6 +57,8 @@ class MemoryStore:
         self._open()
         plan = plan_append(batch, high_water)
         for step in plan:  # check everything before changing anything: all or nothing
+            if step.room not in self._rooms:
+                raise no_record(step.room)
             shard = self._shards.get(step.room, {}).get(step.shard)
             if step.messages and shard is not None and step.messages[0].seq <= shard.last_stored:
                 raise LocalProtocolError(
@@ -84,6 +86,10 @@ class MemoryStore:
     def rooms(self) -> list[RoomRecord]:
         self._open()
         return [self._rooms[name] for name in sorted(self._rooms)]
+
+    def known_rooms(self) -> list[str]:
+        self._open()
+        return sorted(set(self._rooms) | set(self._epochs) | set(self._shards))
 
     def epochs(self, room: str) -> list[EpochRecord]:
         self._open()
@@ -115,6 +121,17 @@ class MemoryStore:
             hi = min(len(s.seqs), lo + limit)
             runs.append(zip(s.ids[lo:hi], s.messages[lo:hi], strict=True))
         merged = heapq.merge(*runs, key=lambda pair: pair[0])
+        return [message for _, message in itertools.islice(merged, limit)]
+
+    def read_before(self, room: str, before: Mapping[int, int], limit: int) -> list[StoredMessage]:
+        self._open()
+        limit = check_limit(limit)
+        runs = []
+        for shard_id, s in self._shards.get(room, {}).items():
+            hi = bisect.bisect_left(s.seqs, before[shard_id]) if shard_id in before else len(s.seqs)
+            lo = max(0, hi - limit)
+            runs.append(zip(reversed(s.ids[lo:hi]), reversed(s.messages[lo:hi]), strict=True))
+        merged = heapq.merge(*runs, key=lambda pair: pair[0], reverse=True)
         return [message for _, message in itertools.islice(merged, limit)]
 
     def trim(self, now_ms: int, retention: Retention, *, max_rows: int = 10_000) -> int:

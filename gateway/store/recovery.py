@@ -12,22 +12,36 @@ seq) are stored. Chatter is fanned out without waiting for the store, so clients
 seqs of a shard above the mark it is sealed at; the gateway drops clock entries for sealed shards
 unchecked (``Room._own_deps``), and those seqs are simply gone with the crash, as chatter may be.
 A shard map may reach clients before its epoch is stored: the gaps below cover that.
+
+Recovery never wedges a room. A room the store holds messages, marks or shard maps of but no
+record of (an orphan: left by a gateway from before :meth:`~gateway.store.base.Store.append`
+required records, when a room's record write failed on a full disk) is rebuilt: a new record
+(a fresh incarnation, so clients start it afresh), a shard map of its stored shards if it has
+none, and the usual restart epoch above every shard id and seq the store knows.
+
+The retry window is read newest first across the whole room (:meth:`Store.read_before
+<gateway.store.base.Store.read_before>`), so every publish a running gateway would still recognise
+as a retry (the newest ``dedupe_window`` with a client id) is recognised after a restart too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+import secrets
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.errors import LocalProtocolError
-from gateway.store.base import Store
+from gateway.store.base import MAX_READ_LIMIT, Store, prev_cursor
 from gateway.store.records import EpochRecord, RoomRecord
 
 __all__ = [
+    "REBUILT_SHARDS_MAX",
     "RESTART_EPOCH_GAP",
     "RESTART_ID_GAP",
     "RecentPublish",
     "RecoveredRoom",
+    "rebuild_orphan",
     "recent_publishes",
     "recover",
     "restart_epoch",
@@ -37,6 +51,14 @@ __all__ = [
 # at most max_shards new ids; these gaps exceed both with room to spare (clocks allow 1024 entries).
 RESTART_EPOCH_GAP = 16
 RESTART_ID_GAP = 1024
+# An orphan's rebuilt shard map names at most this many of its newest stored shards (a shard map's
+# sealed clock is bounded); older shards stay in history (read_after) but can't be fetched by seq.
+REBUILT_SHARDS_MAX = 64
+# The retry window's read gives up after this many stored messages per window slot: a room whose
+# publishes mostly carry no client id does not make a restart read its whole history.
+_SCAN_PER_SLOT = 4
+
+log = logging.getLogger("skein.store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,45 +131,95 @@ def restart_epoch(
     )
 
 
+def _live(room: str) -> str:
+    return "live"
+
+
 def recover(
-    store: Store, *, shard_count: int | None = None, dedupe_window: int = 0
+    store: Store,
+    *,
+    shard_count: int | None = None,
+    dedupe_window: int = 0,
+    mode_of: Callable[[str], str] = _live,
 ) -> list[RecoveredRoom]:
     """Seal every stored room's last epoch and store its restart epoch; return the rooms, each
     with up to ``dedupe_window`` of its newest stored publishes (``recent``).
 
+    Every room :meth:`~gateway.store.base.Store.known_rooms` names comes back, orphans included:
+    an orphan is rebuilt (:func:`rebuild_orphan`) with the mode ``mode_of(room)`` gives (the
+    gateway's ``group_rooms`` rule) and a one-shard restart epoch unless ``shard_count`` says.
+
     Call once at startup, before the gateway takes traffic and before a
     :class:`~gateway.store.writer.StoreWriter` owns ``store`` (or through ``writer.call``). Each
-    restart epoch is stored (durable) before this returns, so a second crash seals it in turn.
-    Rooms are in name order. Raises StoreError if the store fails.
+    restart epoch (and rebuilt record) is stored, durable, before this returns, so a second crash
+    seals it in turn. Rooms are in name order. Raises StoreError if the store fails.
     """
+    records = {r.room: r for r in store.rooms()}
     recovered = []
-    for record in store.rooms():
-        epochs = store.epochs(record.room)
-        marks = store.high_water(record.room)
-        new = restart_epoch(record.room, epochs, marks, shard_count)
+    for name in store.known_rooms():
+        epochs = store.epochs(name)
+        marks = store.high_water(name)
+        count = shard_count
+        record = records.get(name)
+        if record is None:
+            record, epochs = rebuild_orphan(store, name, epochs, marks, mode_of(name))
+            count = shard_count or 1
+        new = restart_epoch(name, epochs, marks, count)
         store.put_epoch(new)
-        recent = recent_publishes(store, record.room, epochs, marks, dedupe_window)
+        recent = recent_publishes(store, name, dedupe_window)
         recovered.append(RecoveredRoom(record, (*epochs, new), marks, max(new.shards) + 1, recent))
     return recovered
 
 
-def recent_publishes(
-    store: Store,
-    room: str,
-    epochs: Sequence[EpochRecord],
-    high_water: Mapping[int, int],
-    window: int,
-) -> tuple[RecentPublish, ...]:
-    """The newest stored publishes with a client id, at most ``window``: the tail of every shard
-    of the last two stored epochs (a retry may follow a reshard), shared evenly among them."""
-    shards = sorted({s for e in epochs[-2:] for s in e.shards if high_water.get(s, 0) > 0})
-    if not shards or window < 1:
+def rebuild_orphan(
+    store: Store, room: str, epochs: Sequence[EpochRecord], high_water: Mapping[int, int], mode: str
+) -> tuple[RoomRecord, list[EpochRecord]]:
+    """Store a record for a room the store has state of but no record; return it and the room's
+    shard maps: its stored ones, or (with none) one made of its newest stored shards (at most
+    :data:`REBUILT_SHARDS_MAX`, nothing sealed), stored too, so the restart epoch seals them at
+    their marks and no seq of theirs is ever assigned again.
+
+    The incarnation is new (the lost record's is unknown): clients holding cursors of the room
+    replay it from the start and are told it was reset, which loses nothing stored.
+    """
+    record = RoomRecord(room, secrets.randbits(63) or 1, mode)
+    log.warning(
+        "room %s has stored messages but no record: rebuilt as a %s room (new incarnation)",
+        room,
+        mode,
+        extra={"event": "room_rebuilt", "room": room},
+    )
+    kept = list(epochs)
+    if not kept and high_water:
+        shards = tuple(sorted(high_water)[-REBUILT_SHARDS_MAX:])
+        kept = [EpochRecord(room, 1, shards, {}, 0)]
+        store.put_epoch(kept[0])
+    store.put_room(record)
+    return record, kept
+
+
+def recent_publishes(store: Store, room: str, window: int) -> tuple[RecentPublish, ...]:
+    """The room's newest stored publishes with a client id, at most ``window``, oldest first.
+
+    Read newest first in commit order across all of the room's shards, whatever epoch or restart
+    they belong to, page by page (:meth:`~gateway.store.base.Store.read_before`), until
+    ``window`` are found, the room's messages run out, or ``window * 4`` messages were read.
+    """
+    if window < 1:
         return ()
-    per_shard = max(1, window // len(shards))
-    recent = []
-    for shard in shards:
-        last = high_water[shard]
-        for m in store.read(room, shard, max(1, last - per_shard + 1), last, per_shard):
+    found: list[RecentPublish] = []
+    before: dict[int, int] = {}
+    budget = window * _SCAN_PER_SLOT
+    while len(found) < window and budget > 0:
+        page = store.read_before(room, before, min(MAX_READ_LIMIT, budget))
+        for m in page:
             if m.client_msg_id:
-                recent.append(RecentPublish(m.sender, m.client_msg_id, m.shard, m.seq))
-    return tuple(recent)
+                found.append(RecentPublish(m.sender, m.client_msg_id, m.shard, m.seq))
+                if len(found) == window:
+                    break
+        if len(page) < min(MAX_READ_LIMIT, budget):
+            break
+        budget -= len(page)
+        before = prev_cursor(before, page)
+    found.reverse()
+    return tuple(found)

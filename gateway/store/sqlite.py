@@ -31,7 +31,7 @@ from operator import itemgetter
 from pathlib import Path
 
 from gateway.errors import LocalProtocolError
-from gateway.store.base import Retention, check_limit, plan_append
+from gateway.store.base import Retention, check_limit, no_record, plan_append
 from gateway.store.records import (
     EpochRecord,
     RoomRecord,
@@ -94,6 +94,15 @@ _READ = (
 )
 _READ_AFTER = (
     "SELECT id, record FROM messages WHERE room = ? AND shard = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+_READ_BEFORE = (
+    "SELECT id, record FROM messages WHERE room = ? AND shard = ? AND seq <= ? "
+    "ORDER BY seq DESC LIMIT ?"
+)
+_HAS_ROOM = "SELECT 1 FROM rooms WHERE room = ?"
+_KNOWN_ROOMS = (
+    "SELECT room FROM rooms UNION SELECT room FROM epochs UNION SELECT room FROM shards "
+    "ORDER BY room"
 )
 _ROOM_SHARDS = "SELECT shard, last_stored FROM shards WHERE room = ? AND stored > 0"
 _OLD = (
@@ -206,6 +215,9 @@ class SqliteStore:
             for s in plan
         ]
         with self._transaction("append") as db:
+            for room in {step.room for step in plan}:
+                if db.execute(_HAS_ROOM, (room,)).fetchone() is None:
+                    raise no_record(room)
             for step in plan:
                 if not step.messages:
                     continue
@@ -238,6 +250,11 @@ class SqliteStore:
         with self._guard("rooms") as db:
             rows = db.execute("SELECT record FROM rooms ORDER BY room").fetchall()
         return [decode_room(r[0]) for r in rows]
+
+    def known_rooms(self) -> list[str]:
+        with self._guard("known_rooms") as db:
+            rows = db.execute(_KNOWN_ROOMS).fetchall()
+        return [r[0] for r in rows]
 
     def epochs(self, room: str) -> list[EpochRecord]:
         with self._guard("epochs") as db:
@@ -276,6 +293,24 @@ class SqliteStore:
                 # Within a shard seq order is commit order, so merging the shards' runs by rowid
                 # reads only what the page needs.
                 merged = heapq.merge(*cursors, key=itemgetter(0))
+                rows = list(itertools.islice(merged, limit))
+            finally:
+                for cursor in cursors:
+                    cursor.close()
+        return [decode_message(r[1]) for r in rows]
+
+    def read_before(self, room: str, before: Mapping[int, int], limit: int) -> list[StoredMessage]:
+        limit = check_limit(limit)
+        with self._guard("read_before") as db:
+            cursors = []
+            try:
+                for shard, _ in db.execute(_ROOM_SHARDS, (room,)).fetchall():
+                    below = min(before.get(shard, _MAX_SEQ + 1), _MAX_SEQ + 1) - 1
+                    if below >= 1:
+                        cursors.append(db.execute(_READ_BEFORE, (room, shard, below, limit)))
+                # Each shard's run is newest first (seq order is commit order within a shard), so
+                # merging by descending rowid reads only what the page needs.
+                merged = heapq.merge(*cursors, key=itemgetter(0), reverse=True)
                 rows = list(itertools.islice(merged, limit))
             finally:
                 for cursor in cursors:

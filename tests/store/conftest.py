@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.store.base import Store, StoreConfig, open_store
+from tests.store.factories import with_rooms
 
 STORE_KINDS = ["sqlite", "memory"]
 
@@ -29,4 +30,6 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
 
 @pytest.fixture
 def store(make_store: Callable[[], Store]) -> Store:
-    return make_store()
+    """A fresh store holding the records of the rooms the factories use (``ROOMS``): a store
+    refuses messages of a room it has no record of."""
+    return with_rooms(make_store())

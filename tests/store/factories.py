@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol, TypeVar
 
 from hypothesis import strategies as st
 
 from gateway.store.records import EpochRecord, RoomRecord, StoredMessage
 
 MAX_I63 = (1 << 63) - 1
+ROOMS = ("lobby", "other")  # the rooms the tests store messages in
+
+
+class _PutsRooms(Protocol):
+    def put_room(self, record: RoomRecord) -> None: ...
+
+
+S = TypeVar("S", bound=_PutsRooms)
+
+
+def with_rooms(store: S, *names: str) -> S:
+    """``store`` with a record for each room of ``names`` (default: :data:`ROOMS`)."""
+    for incarnation, name in enumerate(names or ROOMS, start=1):
+        store.put_room(RoomRecord(name, incarnation, "group"))
+    return store
+
 
 rooms = st.from_regex(r"[A-Za-z0-9_.:@-]{1,128}", fullmatch=True)
 shard_ids = st.integers(0, (1 << 32) - 1)

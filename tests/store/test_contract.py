@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,11 @@ from gateway.store.base import (
     StoreConfig,
     next_cursor,
     open_store,
+    prev_cursor,
 )
 from gateway.store.records import EpochRecord, RoomRecord, StoredMessage
 from tests.store.conftest import STORE_KINDS
-from tests.store.factories import msg
+from tests.store.factories import msg, with_rooms
 
 
 def keys(messages: list[StoredMessage]) -> list[tuple[int, int]]:
@@ -103,7 +105,8 @@ def test_high_water_only_rises_and_stored_seqs_raise_it(store: Store) -> None:
         store.append([], {("lobby", 1): -1})
 
 
-def test_rooms_and_epochs_are_stored_and_replaced(store: Store) -> None:
+def test_rooms_and_epochs_are_stored_and_replaced(make_store: Callable[[], Store]) -> None:
+    store = make_store()
     store.put_room(RoomRecord("zeta", 7, "group"))
     store.put_room(RoomRecord("alpha", 1, "live"))
     store.put_room(RoomRecord("zeta", 8, "live"))  # re-created: replaces
@@ -114,6 +117,50 @@ def test_rooms_and_epochs_are_stored_and_replaced(store: Store) -> None:
     assert [e.epoch for e in store.epochs("alpha")] == [1, 2]
     assert store.epochs("alpha")[1] == second
     assert store.epochs("zeta") == []
+    assert store.known_rooms() == ["alpha", "zeta"]
+
+
+def test_a_room_is_stored_before_any_of_its_messages(make_store: Callable[[], Store]) -> None:
+    """Issue 21: a room whose record write failed must not get messages stored, or a restart
+    finds messages of a room it does not know and can never sequence it again."""
+    store = make_store()
+    store.put_epoch(EpochRecord("group-1", 1, (1,), {}, 0))  # its record failed; its map did not
+    for batch, marks in (([msg(1, room="group-1")], {}), ([], {("group-1", 1): 3})):
+        with pytest.raises(LocalProtocolError, match="no stored record"):
+            store.append(batch, marks)
+    store.put_room(RoomRecord("lobby2", 1, "group"))
+    with pytest.raises(LocalProtocolError, match="'group-1' has no stored record"):
+        store.append([msg(1, room="lobby2"), msg(1, room="group-1")], {})  # all or nothing
+    assert store.high_water("group-1") == {} and store.read_after("lobby2", {}, 10) == []
+    assert store.known_rooms() == ["group-1", "lobby2"]  # the map alone makes it an orphan
+    store.put_room(RoomRecord("group-1", 9, "group"))
+    store.append([msg(1, room="group-1")], {("group-1", 1): 3})
+    assert store.high_water("group-1") == {1: 3}
+
+
+def test_read_before_is_newest_first_in_commit_order_and_pages_exactly(store: Store) -> None:
+    store.append([msg(1, shard=1), msg(1, shard=2)], {})
+    store.append([msg(2, shard=2), msg(3, shard=1)], {})
+    store.append([msg(1, room="other")], {})
+    store.append([msg(5, shard=1), msg(3, shard=2)], {})
+    newest = [(2, 3), (1, 5), (1, 3), (2, 2), (2, 1), (1, 1)]
+    assert keys(store.read_before("lobby", {}, 100)) == newest
+    assert keys(store.read_before("lobby", {1: 5, 2: 2}, 100)) == [(1, 3), (2, 1), (1, 1)]
+    assert keys(store.read_before("lobby", {1: 1, 2: 1}, 100)) == []
+    assert keys(store.read_before("lobby", {1: 1 << 70, 2: -5}, 100)) == [(1, 5), (1, 3), (1, 1)]
+    assert store.read_before("nowhere", {}, 10) == []
+    pages: list[list[tuple[int, int]]] = []
+    cursor: dict[int, int] = {}
+    while page := store.read_before("lobby", cursor, 4):
+        pages.append(keys(page))
+        cursor = prev_cursor(cursor, page)
+    assert pages == [newest[:4], newest[4:]]
+    assert cursor == {1: 1, 2: 1}
+    store.append([msg(s, shard=3) for s in range(1, MAX_READ_LIMIT + 21)], {})
+    page = store.read_before("lobby", {}, 10**6)
+    assert len(page) == MAX_READ_LIMIT and page[0].seq == MAX_READ_LIMIT + 20  # newest, clipped
+    with pytest.raises(LocalProtocolError):
+        store.read_before("lobby", {}, 0)
 
 
 def test_trim_by_age_keeps_marks_and_the_seq_floor(store: Store) -> None:
@@ -183,7 +230,7 @@ def test_paging_history_yields_every_message_once_in_commit_order(
     kind: str, batches: list[list[tuple[int, int]]], page: int, start: dict[int, int]
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        store = open_store(StoreConfig(kind=kind, path=Path(tmp) / "p.db"))
+        store = with_rooms(open_store(StoreConfig(kind=kind, path=Path(tmp) / "p.db")))
         try:
             last = {1: 0, 2: 0, 3: 0}
             committed = []

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from gateway.core.room import DEDUPE_WINDOW
 from gateway.errors import LocalProtocolError
 from gateway.store.base import Store
 from gateway.store.records import EpochRecord, RoomRecord
 from gateway.store.recovery import RESTART_EPOCH_GAP, RESTART_ID_GAP, recover, restart_epoch
+from gateway.store.sqlite import SqliteStore
 from tests.store.factories import msg
 
 
@@ -65,17 +69,74 @@ def test_recover_returns_the_newest_stored_publishes_for_the_retry_window(
     store.append([msg(s, shard=3) for s in (1, 2)], {("lobby", 3): 3})  # seq 3 never stored
 
     (lobby,) = recover(store, dedupe_window=6)
-    # The last two epochs' shards share the window (2 each), newest seqs of each.
-    assert sorted((p.shard, p.seq) for p in lobby.recent) == [
-        (1, 4),
-        (1, 5),
+    # The room's newest six in commit order, whatever shard or epoch; oldest first.
+    assert [(p.shard, p.seq) for p in lobby.recent] == [
+        (2, 7),
+        (2, 8),
         (2, 9),
         (2, 10),
+        (3, 1),
         (3, 2),
     ]
-    assert {(p.sender, p.client_msg_id) for p in lobby.recent if p.shard == 2} == {
-        ("alice", "c-lobby-2-9"),
-        ("alice", "c-lobby-2-10"),
+    assert {(p.sender, p.client_msg_id) for p in lobby.recent if p.shard == 3} == {
+        ("alice", "c-lobby-3-1"),
+        ("alice", "c-lobby-3-2"),
     }
     (again,) = recover(store)  # no window asked: nothing read
     assert again.recent == ()
+
+
+def test_the_retry_window_after_restarts_holds_the_newest_publishes(
+    make_store: Callable[[], Store],
+) -> None:
+    """Issue 21: 1,100 publishes in one shard; recovery read the oldest 1,000 and left out the
+    newest, so their retries were stored twice. It must take the newest, across restarts."""
+    store = make_store()
+    store.put_room(RoomRecord("lobby", 77, "live"))
+    store.put_epoch(EpochRecord("lobby", 1, (1,), {}, 0))
+    for first in range(1, 1101, 100):
+        store.append([msg(s) for s in range(first, first + 100)], {("lobby", 1): first + 99})
+    for _ in range(3):  # restart after restart with nothing published between: still there
+        (lobby,) = recover(store, dedupe_window=DEDUPE_WINDOW)
+        assert [(p.shard, p.seq) for p in lobby.recent] == [(1, s) for s in range(1, 1101)]
+        assert lobby.recent[-1].client_msg_id == "c-lobby-1-1100"
+    (lobby,) = recover(store, dedupe_window=300)  # a window smaller than the room: the newest
+    assert [p.seq for p in lobby.recent] == list(range(801, 1101))
+
+
+def test_recovery_rebuilds_a_room_whose_record_was_never_stored(tmp_path: Path) -> None:
+    """Issue 21: a room made while the disk was full had its messages stored but not its record;
+    a restart must take the room up from what is stored (never refuse its next seq forever)."""
+    path = tmp_path / "skein.db"
+    store = SqliteStore(path)
+    store.put_room(RoomRecord("group-1", 5, "group"))
+    store.put_epoch(EpochRecord("group-1", 1, (1,), {}, 0))
+    store.put_room(RoomRecord("group-2", 6, "group"))
+    store.append([msg(s, room="group-1") for s in range(1, 8)], {("group-1", 1): 7})
+    store.append([msg(s, room="group-2") for s in (1, 2)], {("group-2", 1): 3})
+    store.close()
+    with sqlite3.connect(path) as raw:  # what the full disk left: messages, no room records
+        raw.execute("DELETE FROM rooms")
+        raw.execute("DELETE FROM epochs WHERE room = 'group-1'")
+    raw.close()
+
+    store = SqliteStore(path)
+    try:
+        one, two = recover(store, mode_of=lambda name: "group")
+        for rebuilt, last in ((one, 7), (two, 3)):
+            assert rebuilt.room.mode == "group"
+            assert rebuilt.current.sealed == {1: last}  # sealed at its mark: no seq reused
+            assert min(rebuilt.current.shards) > 1
+            assert len(rebuilt.current.shards) == 1
+        assert store.rooms() == [one.room, two.room]
+        new_shard = one.current.shards[0]
+        store.append([msg(1, room="group-1", shard=new_shard)], {})  # seq 1 of a fresh shard
+        again, _ = recover(store, mode_of=lambda name: "live")
+        assert again.room == one.room  # stored now: the same incarnation from here on
+        assert again.current.sealed == {new_shard: 1}
+        history = store.read_after("group-1", {}, 100)
+        assert [(m.shard, m.seq) for m in history] == [(1, s) for s in range(1, 8)] + [
+            (new_shard, 1)
+        ]
+    finally:
+        store.close()

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.store.records import EpochRecord, RoomRecord, StoreError
 from gateway.store.sqlite import SCHEMA_VERSION, SqliteStore
-from tests.store.factories import msg
+from tests.store.factories import msg, with_rooms
 
 
 def test_everything_survives_close_and_reopen(tmp_path: Path) -> None:
@@ -41,7 +41,7 @@ def test_a_failing_insert_rolls_the_whole_batch_back(tmp_path: Path) -> None:
             ("lobby", 1, 7, 0, b"\x01"),
         )
     raw.close()
-    store = SqliteStore(path)
+    store = with_rooms(SqliteStore(path))
     try:
         with pytest.raises(StoreError, match="UNIQUE"):
             store.append([msg(1, shard=2), msg(5), msg(6), msg(7), msg(8)], {("lobby", 3): 9})
@@ -55,7 +55,7 @@ def test_a_failing_insert_rolls_the_whole_batch_back(tmp_path: Path) -> None:
 
 def test_a_corrupt_record_is_a_store_error(tmp_path: Path) -> None:
     path = tmp_path / "skein.db"
-    store = SqliteStore(path)
+    store = with_rooms(SqliteStore(path))
     store.append([msg(1)], {})
     with sqlite3.connect(path) as raw:
         raw.execute("UPDATE messages SET record = ?", (b"\x01\xc1",))
