@@ -42,6 +42,7 @@ from gateway.engine import (
     QuicEvent,
     SessionTicket,
     StreamDataReceived,
+    acknowledge_every_second_packet,
     close_reason,
     closing,
     send_stream_data,
@@ -483,6 +484,7 @@ class Client:
         local = cfg.local_host or ("::" if family == socket.AF_INET6 else "0.0.0.0")
         sock = self._socket(family, local)
         quic = QuicConnection(configuration=quic_cfg, session_ticket_handler=self._store_ticket)
+        acknowledge_every_second_packet(quic)  # half the ACKs the gateway must process
         transport, protocol = await self._loop.create_datagram_endpoint(
             lambda: _LinkProtocol(quic, self), sock=sock
         )
