@@ -93,6 +93,11 @@ class RunningGateway:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}/v1/chat"
 
+    @property
+    def ca_file(self) -> str:
+        """The CA file clients verify the gateway's certificate with."""
+        return str(self.certs.ca_cert)
+
     def cpu_seconds(self) -> float:
         """User + system CPU the gateway process has used so far."""
         times = psutil.Process(self.process.pid).cpu_times()

@@ -1,12 +1,18 @@
-"""Drive a hot room at a fixed load and measure what the gateway does with it.
+"""Drive a hot room (or many rooms) at a fixed load and measure what the gateway does with it.
 
 A :class:`Fleet` is a few :mod:`bench.swarm` processes holding the subscribers, plus one more
 that publishes; all of them run the client QUIC engine (qh3 by default: its native packet core
-takes the least CPU from the gateway on the shared cores). :func:`measure` runs the publisher at
-a fixed rate, lets the room warm up, then measures a steady window: the gateway's CPU time from
-/proc, the deliveries the subscribers counted, the latency the sampled subscribers saw, what the
-gateway shed (from its /metrics) and how busy the clients were (so a reader can tell whether the
-clients, not the gateway, were the limit).
+takes the least CPU from the gateway on the shared cores). The subscribers are in one room
+(:data:`ROOM`) or spread evenly over ``rooms`` rooms, and the publisher publishes ``rate_hz``
+into each. :func:`measure` runs the publisher at a fixed rate, lets the rooms warm up, then
+measures a steady window: the server's CPU time from /proc, the deliveries the subscribers
+counted, the latency the sampled subscribers saw, what the server shed (from its /metrics) and
+how busy the clients were (so a reader can tell whether the clients, not the server, were the
+limit).
+
+The server is anything that offers :class:`Server`: the gateway (:class:`RunningGateway`), or
+a peer measured the same way (:mod:`bench.natsd`, with :mod:`bench.nats_swarm` clients that
+answer the same commands).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psutil
 
@@ -34,6 +40,7 @@ __all__ = [
     "ROOM",
     "Fleet",
     "Measurement",
+    "Server",
     "Timing",
     "fleet",
     "gateway_config",
@@ -65,6 +72,41 @@ class Timing:
 
 FULL = Timing(runs=3, warmup_s=2.0, window_s=5.0)
 QUICK = Timing(runs=1, warmup_s=0.5, window_s=1.5)  # checks the suite works, not how fast
+
+
+class Server(Protocol):
+    """What :func:`measure` reads from the server under test."""
+
+    @property
+    def url(self) -> str:
+        """Where clients connect (the command word the client processes get)."""
+        ...
+
+    @property
+    def ca_file(self) -> str:
+        """The CA file clients verify the server with ("-" when there is none)."""
+        ...
+
+    @property
+    def errors_logged(self) -> int:
+        """Error lines the server has logged so far."""
+        ...
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server process (all its threads) so far."""
+        ...
+
+    def cpu_wait_seconds(self) -> float:
+        """How long the server has been runnable but waiting for a core, so far."""
+        ...
+
+    def udp_drops(self) -> int:
+        """Datagrams the kernel dropped at the server's sockets so far (0 over TCP)."""
+        ...
+
+    def metrics(self) -> dict[str, float]:
+        """Counters by the gateway's Prometheus names (blocking: call it in a thread)."""
+        ...
 
 
 def gateway_config(core: str = "") -> str:
@@ -107,11 +149,11 @@ class _Child:
                 await self.proc.wait()
 
 
-async def _spawn(engine: str) -> _Child:
+async def _spawn(engine: str, module: str) -> _Child:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bench.swarm",
+        module,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "SKEIN_QUIC_ENGINE": engine},
@@ -134,23 +176,35 @@ class Tallies:
 
 
 class Fleet:
-    """Subscriber processes (each with its share of ``subscribers``) and a publisher process."""
+    """Subscriber processes (each with its share of ``subscribers``) and a publisher process;
+    the subscribers spread evenly over ``rooms`` rooms (:func:`bench.clientproc.room_names`),
+    about ``sampled`` per process recording latency."""
 
-    def __init__(self, subs: list[_Child], publisher: _Child, subscribers: int) -> None:
+    def __init__(
+        self,
+        subs: list[_Child],
+        publisher: _Child,
+        subscribers: int,
+        rooms: int = 1,
+        sampled: int = SAMPLED_PER_PROCESS,
+    ) -> None:
         self.subs = subs
         self.publisher = publisher
         self.subscribers = subscribers
+        self.rooms = rooms
+        self.sampled = sampled
         self.url = self.ca = ""
 
-    async def open(self, gw: RunningGateway) -> None:
+    async def open(self, gw: Server) -> None:
         """Connect (or top up) every subscriber to ``gw``. Raises if some can't be opened."""
-        self.url, self.ca = gw.url, str(gw.certs.ca_cert)
+        self.url, self.ca = gw.url, gw.ca_file
         shares = _shares(self.subscribers, len(self.subs))
-        every = max(1, math.ceil(self.subscribers / len(self.subs) / SAMPLED_PER_PROCESS))
+        firsts = [sum(shares[:i]) for i in range(len(shares))]
+        every = max(1, math.ceil(self.subscribers / len(self.subs) / self.sampled))
         replies = await asyncio.gather(
             *(
-                child.ask("open", self.url, self.ca, ROOM, share, every)
-                for child, share in zip(self.subs, shares, strict=True)
+                child.ask("open", self.url, self.ca, ROOM, share, every, self.rooms, first)
+                for child, share, first in zip(self.subs, shares, firsts, strict=True)
             )
         )
         live = sum(r["live"] for r in replies)
@@ -180,8 +234,10 @@ class Fleet:
         )
 
     async def publish(self, rate_hz: float) -> None:
-        """Start publishing at ``rate_hz``; returns once the publisher has joined."""
-        await self.publisher.ask("publish", self.url, self.ca, ROOM, rate_hz, BODY_BYTES)
+        """Start publishing at ``rate_hz`` into each room; returns once the publisher joined."""
+        await self.publisher.ask(
+            "publish", self.url, self.ca, ROOM, rate_hz, BODY_BYTES, self.rooms
+        )
 
     async def stop_publishing(self) -> dict[str, Any]:
         """Stop; returns what the publisher sent, what was acked and its worst lag."""
@@ -189,7 +245,11 @@ class Fleet:
 
     def cpu_seconds(self) -> float:
         """CPU time of every client process (subscribers and publisher) so far."""
-        return sum(child.cpu_seconds() for child in (*self.subs, self.publisher))
+        return sum(self.cpu_by_process())
+
+    def cpu_by_process(self) -> list[float]:
+        """CPU time of each client process so far: the subscribers', then the publisher's."""
+        return [child.cpu_seconds() for child in (*self.subs, self.publisher)]
 
     async def first_delivery(self, limit_s: float = 30.0) -> None:
         """Wait until a subscriber has been delivered something since the last reset."""
@@ -217,13 +277,20 @@ def _shares(total: int, parts: int) -> list[int]:
 
 @contextlib.asynccontextmanager
 async def fleet(
-    subscribers: int, processes: int, *, engine: str = CLIENT_ENGINE
+    subscribers: int,
+    processes: int,
+    *,
+    engine: str = CLIENT_ENGINE,
+    rooms: int = 1,
+    module: str = "bench.swarm",
+    sampled_per_process: int = SAMPLED_PER_PROCESS,
 ) -> AsyncIterator[Fleet]:
-    """Start the client processes; stop them on exit. ``open(gw)`` connects the subscribers."""
+    """Start the client processes (``python -m module``, which answers the commands of
+    :mod:`bench.swarm`); stop them on exit. ``open(gw)`` connects the subscribers."""
     processes = max(1, min(processes, subscribers))
-    children = await asyncio.gather(*(_spawn(engine) for _ in range(processes + 1)))
+    children = await asyncio.gather(*(_spawn(engine, module) for _ in range(processes + 1)))
     try:
-        yield Fleet(list(children[:-1]), children[-1], subscribers)
+        yield Fleet(list(children[:-1]), children[-1], subscribers, rooms, sampled_per_process)
     finally:
         await asyncio.gather(*(child.stop() for child in children))
 
@@ -255,6 +322,8 @@ class Measurement:
     published: int
     acked: int
     latency: dict[str, float | int]  # loadgen Summary of the sampled subscribers, ms
+    rooms: int = 1  # the subscribers spread over this many rooms, rate_hz into each
+    busiest_client_cpu_percent: float = 0.0  # the busiest single client process, of one core
 
     @property
     def achieved(self) -> float:
@@ -273,7 +342,7 @@ class _Window:
     tallies: Tallies
     gateway_cpu_s: float
     gateway_wait_s: float
-    clients_cpu_s: float
+    clients_cpu_s: tuple[float, ...]  # each client process's
     gateway_udp_drops: int
     gateway_errors_logged: int
     metrics: tuple[dict[str, float], dict[str, float]]
@@ -284,14 +353,14 @@ class _Window:
         return int(after.get(name, 0.0) - before.get(name, 0.0))
 
 
-async def _window(gw: RunningGateway, swarm: Fleet, window_s: float) -> _Window:
+async def _window(gw: Server, swarm: Fleet, window_s: float) -> _Window:
     metrics0 = await asyncio.to_thread(gw.metrics)
     await swarm.reset()
-    cpu0, clients0, t0 = gw.cpu_seconds(), swarm.cpu_seconds(), time.monotonic()
+    cpu0, clients0, t0 = gw.cpu_seconds(), swarm.cpu_by_process(), time.monotonic()
     drops0, wait0, logged0 = gw.udp_drops(), gw.cpu_wait_seconds(), gw.errors_logged
     await asyncio.sleep(window_s)
     tallies = await swarm.snap()
-    cpu1, clients1, t1 = gw.cpu_seconds(), swarm.cpu_seconds(), time.monotonic()
+    cpu1, clients1, t1 = gw.cpu_seconds(), swarm.cpu_by_process(), time.monotonic()
     drops1, wait1 = gw.udp_drops(), gw.cpu_wait_seconds()
     metrics1 = await asyncio.to_thread(gw.metrics)
     return _Window(
@@ -299,7 +368,7 @@ async def _window(gw: RunningGateway, swarm: Fleet, window_s: float) -> _Window:
         tallies,
         cpu1 - cpu0,
         wait1 - wait0,
-        clients1 - clients0,
+        tuple(b - a for a, b in zip(clients0, clients1, strict=True)),
         drops1 - drops0,
         gw.errors_logged - logged0,
         (metrics0, metrics1),
@@ -307,10 +376,11 @@ async def _window(gw: RunningGateway, swarm: Fleet, window_s: float) -> _Window:
 
 
 async def measure(
-    gw: RunningGateway, swarm: Fleet, rate_hz: float, *, warmup_s: float, window_s: float
+    gw: Server, swarm: Fleet, rate_hz: float, *, warmup_s: float, window_s: float
 ) -> Measurement:
-    """Publish at ``rate_hz`` into the hot room; measure a window of ``window_s`` after
-    ``warmup_s``; stop and wait for the room to drain. The fleet must be open on ``gw``."""
+    """Publish at ``rate_hz`` into each of the fleet's rooms; measure a window of ``window_s``
+    after ``warmup_s``; stop and wait for the rooms to drain. The fleet must be open on ``gw``.
+    Offered deliveries are ``rate_hz`` x subscribers (each subscriber is in one room)."""
     await swarm.open(gw)  # tops up sessions an earlier overload cost
     await swarm.publish(rate_hz)
     try:
@@ -331,7 +401,7 @@ async def measure(
         gateway_cpu_percent=window.gateway_cpu_s / elapsed * 100,
         gateway_wait_percent=window.gateway_wait_s / elapsed * 100,
         load_avg_1m=os.getloadavg()[0],
-        clients_cpu_percent=window.clients_cpu_s / elapsed * 100,
+        clients_cpu_percent=sum(window.clients_cpu_s) / elapsed * 100,
         gateway_deliveries_per_s=window.delta("skein_deliveries_total") / elapsed,
         shed=window.delta("skein_shed_messages_total"),
         tombstones=tallies.tombstones,
@@ -345,6 +415,8 @@ async def measure(
         published=int(published["sent"]),
         acked=int(published["acked"]),
         latency=tallies.latency.as_dict(),
+        rooms=swarm.rooms,
+        busiest_client_cpu_percent=max(window.clients_cpu_s) / elapsed * 100,
     )
 
 
@@ -358,6 +430,8 @@ def medians(runs: Sequence[Measurement]) -> dict[str, float]:
         "gateway_wait_percent",
         "load_avg_1m",
         "clients_cpu_percent",
+        "busiest_client_cpu_percent",
+        "gateway_udp_drops",
         "shed",
         "publish_lag_ms_max",
     )
@@ -368,9 +442,7 @@ def medians(runs: Sequence[Measurement]) -> dict[str, float]:
     return out
 
 
-async def repeat(
-    gw: RunningGateway, swarm: Fleet, rate_hz: float, timing: Timing
-) -> list[Measurement]:
+async def repeat(gw: Server, swarm: Fleet, rate_hz: float, timing: Timing) -> list[Measurement]:
     """``timing.runs`` measurements at ``rate_hz``, one after the other."""
     return [
         await measure(gw, swarm, rate_hz, warmup_s=timing.warmup_s, window_s=timing.window_s)
@@ -384,13 +456,17 @@ def in_hot_room(
     work: Callable[[RunningGateway, Fleet], Awaitable[T]],
     *,
     core: str = "",
+    rooms: int = 1,
+    processes: int | None = None,
 ) -> T:
     """Start a gateway with the QUIC ``engine`` and ``subscribers`` light subscribers in its hot
-    room (over 2 client processes, 4 from 250 subscribers), run ``work(gateway, fleet)``, stop
-    everything and return what ``work`` returned."""
+    room, or spread over ``rooms`` rooms (over ``processes`` client processes; by default 2, 4
+    from 250 subscribers), run ``work(gateway, fleet)``, stop everything and return what
+    ``work`` returned."""
+    processes = processes or (2 if subscribers < 250 else 4)
 
     async def run(gw: RunningGateway) -> T:
-        async with fleet(subscribers, 2 if subscribers < 250 else 4) as swarm:
+        async with fleet(subscribers, processes, rooms=rooms) as swarm:
             await swarm.open(gw)
             return await work(gw, swarm)
 
@@ -405,8 +481,9 @@ def summary_note(runs: Sequence[Measurement]) -> str:
     """One line saying how the figure was measured and what the load did (medians)."""
     m = medians(runs)
     first = runs[0]
+    rooms = f" in {first.rooms} rooms" if first.rooms > 1 else ""
     return (
-        f"median of {len(runs)} x {first.window_s:.0f} s; {first.subscribers} subscribers x "
+        f"median of {len(runs)} x {first.window_s:.0f} s; {first.subscribers} subscribers{rooms} x "
         f"{first.rate_hz:g} msgs/s, {BODY_BYTES} B: delivered {m['delivered_per_s']:,.0f}/s of "
         f"{first.offered_per_s:,.0f}/s offered ({m['achieved']:.0%}); gateway CPU "
         f"{m['gateway_cpu_percent']:.0f}% of a core (+{m['gateway_wait_percent']:.0f}% waiting "

