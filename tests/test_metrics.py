@@ -167,6 +167,9 @@ class _Idle:
     def udp_drops(self) -> int:
         return 0
 
+    def udp_receive_queue(self) -> int:
+        return 0
+
 
 def test_every_family_is_documented_and_on_the_dashboard() -> None:
     families = exported_families()

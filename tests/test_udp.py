@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 from gateway.server.app import GatewayServer
@@ -50,8 +51,14 @@ async def test_datagrams_the_kernel_drops_are_counted(certs: CertPaths) -> None:
                 sock.sendto(b"\x00" * 1200, (host, port))
         dropped = kernel_drops({port})
         assert dropped > 0
+        assert server.udp_receive_queue() > 0  # what fitted waits, unread: the loop is busy
         assert server.udp_drops() == dropped
         exported = (await scrape(server)).value("skein_udp_receive_drops_total")
         assert exported >= dropped  # a counter: it only grows
+        for _ in range(100):  # the loop reads the queue empty once it runs
+            if server.udp_receive_queue() == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert server.udp_receive_queue() == 0
     finally:
         await server.close()

@@ -32,7 +32,12 @@ from gateway.server.listener import Listener, listen
 from gateway.server.metrics import install as install_metrics
 from gateway.server.protocol import GatewayProtocol
 from gateway.server.storage import Durability
-from gateway.server.udp import BufferSizes, kernel_drops, log_buffer_sizes
+from gateway.server.udp import (
+    BufferSizes,
+    kernel_drops,
+    kernel_receive_queue,
+    log_buffer_sizes,
+)
 from gateway.server.webapp import install as install_webapp
 
 __all__ = ["GatewayServer", "run"]
@@ -284,6 +289,10 @@ class GatewayServer:
     def udp_drops(self) -> int:
         """Datagrams the kernel dropped at the gateway's UDP port (its receive buffer was full)."""
         return kernel_drops({self.address[1]}) if self._server is not None else 0
+
+    def udp_receive_queue(self) -> int:
+        """Bytes waiting in the kernel for the event loop to read them from the UDP socket."""
+        return kernel_receive_queue({self.address[1]}) if self._server is not None else 0
 
     @property
     def connection_count(self) -> int:

@@ -35,10 +35,14 @@ class ServerConfig:
     - ``idle_timeout_s``: QUIC idle timeout; clients ping well within it.
     - ``max_datagram_frame_bytes``: QUIC DATAGRAM support (WebTransport needs it).
     - ``stream_window_bytes``: flow-control window per stream and for the connection.
-    - ``udp_buffer_bytes``: the receive and send buffer asked of the kernel for the UDP socket
-      (8 MiB: a tick's burst of ACKs from hundreds of subscribers must not overflow it). The
-      gateway logs what it was granted and warns when ``net.core.rmem_max`` capped it; 0
-      keeps the system's default. ``skein_udp_receive_drops_total`` counts what overflowed.
+    - ``udp_buffer_bytes``: the receive and send buffer asked of the kernel for the UDP socket;
+      0 (the default) keeps the system's (``net.core.rmem_default``, often 208 KiB). A bigger
+      buffer absorbs bursts (a tick's ACKs from hundreds of subscribers) without drops, but
+      while the gateway cannot keep up it turns drops into queueing delay: measured at 200
+      subscribers x 100 msgs/s on a busy 2-core machine, 8 MiB took p99 from ~0.1 s to ~0.9 s
+      (docs/performance.md). Raise it when the gateway has CPU to spare and
+      ``skein_udp_receive_drops_total`` grows; it logs what it was granted and warns when
+      ``net.core.rmem_max`` capped it.
     - ``log_level``: ``debug``, ``info``, ``warning`` or ``error``.
     - ``auth`` (the ``[auth]`` table): who may connect, join and publish (JWTs); ``mode =
       "insecure-dev"`` lets anyone do anything (``skein serve --insecure-dev``).
@@ -54,7 +58,7 @@ class ServerConfig:
     idle_timeout_s: float = 30.0
     max_datagram_frame_bytes: int = 65536
     stream_window_bytes: int = 4 * 1024 * 1024
-    udp_buffer_bytes: int = 8 * 1024 * 1024
+    udp_buffer_bytes: int = 0
     log_level: str = "info"
     admin_host: str = "127.0.0.1"
     admin_port: int = 9433

@@ -159,6 +159,12 @@ class GatewayCollector:
             "full (the event loop fell behind reading); each is a loss QUIC must repair.",
             server.udp_drops(),
         )
+        yield _gauge(
+            "skein_udp_receive_queue_bytes",
+            "Bytes the kernel holds for the gateway's UDP socket that the event loop has not read "
+            "yet: near 0 while it keeps up; growing, it is a delay no other metric shows.",
+            server.udp_receive_queue(),
+        )
         buffers = server.udp_buffers
         yield _gauge(
             "skein_udp_receive_buffer_bytes",

@@ -1,10 +1,11 @@
 """The gateway's UDP socket as the kernel sees it: buffer sizes, and datagrams it dropped.
 
 A QUIC server's receive buffer absorbs the bursts a busy event loop cannot read at once (one
-tick's fan-out draws an ACK from every subscriber within a millisecond or two); Linux's default
-(``net.core.rmem_default``, often 208 KiB) overflows, and every datagram dropped there is a loss
-that QUIC must detect and repair, a delay the gateway's own counters never see. So the gateway
-asks for several MiB, as quic-go does, and says what it got.
+fan-out draws an ACK from every subscriber within a millisecond or two); when it overflows the
+kernel drops datagrams, each a loss QUIC must detect and repair. A bigger buffer trades those
+drops for queueing delay while the loop falls behind, so the size is a setting
+(``udp_buffer_bytes``, see ServerConfig), and both sides of the trade are exported: the drops
+and the bytes waiting in the queue.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from collections.abc import Collection
 from contextlib import suppress
 from dataclasses import dataclass
 
-__all__ = ["BufferSizes", "kernel_drops", "log_buffer_sizes", "size_buffers"]
+__all__ = [
+    "BufferSizes",
+    "kernel_drops",
+    "kernel_receive_queue",
+    "log_buffer_sizes",
+    "size_buffers",
+]
 
 log = logging.getLogger("skein.server")
 
@@ -94,12 +101,25 @@ def kernel_drops(ports: Collection[int]) -> int:
     """Datagrams the kernel dropped at this machine's UDP sockets bound to ``ports`` (their
     receive buffers were full: the owner fell behind reading), since each socket opened, from
     Linux's /proc/net/udp and udp6 (the last column). 0 where there is no such table."""
-    drops = 0
+    return sum(row[1] for row in _sockets(ports))
+
+
+def kernel_receive_queue(ports: Collection[int]) -> int:
+    """Bytes waiting in the receive queues of the UDP sockets bound to ``ports`` (the kernel's
+    accounting, datagram overhead included): what arrived and the event loop has not read yet.
+    Near 0 while the gateway keeps up; it grows when the loop falls behind, a delay no
+    timing inside the gateway sees. 0 where there is no /proc/net/udp."""
+    return sum(row[0] for row in _sockets(ports))
+
+
+def _sockets(ports: Collection[int]) -> list[tuple[int, int]]:
+    """``(rx_queue bytes, drops)`` of each UDP socket on ``ports``, from /proc/net/udp{,6}."""
+    rows = []
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         with suppress(OSError), open(table) as fh:
             next(fh, None)
             for line in fh:
                 fields = line.split()
                 if int(fields[1].rsplit(":", 1)[1], 16) in ports:
-                    drops += int(fields[-1])
-    return drops
+                    rows.append((int(fields[4].split(":")[1], 16), int(fields[-1])))
+    return rows
