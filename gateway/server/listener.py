@@ -10,6 +10,16 @@ connections never pass through the guard.
 The engine answers with a Retry when its retry handler is set; the listener sets it per Initial.
 Both engines (aioquic and qh3) keep it in ``QuicServer._retry`` and the connection table in
 ``QuicServer._protocols``: this module is the one place that relies on that.
+
+Sending: both engines' QuicServer keep the socket's transport in ``QuicServer._transport`` and
+hand that to every connection they create (``protocol.connection_made(self._transport)``), and
+send their own Retry and Version Negotiation packets through it. The listener puts a
+:class:`~gateway.server.sendmany.BatchingTransport` there, so everything the connections send in
+one event-loop turn (a tick's fan-out: hundreds of connections' ``transmit()``) leaves in one
+``sendmmsg`` per up to 1,024 datagrams instead of one ``sendto`` each. What a received datagram
+makes them send is flushed when its callback returns (``hold``/``release``), not a turn later.
+The environment variable ``SKEIN_SENDMMSG=0`` turns batching off (asyncio's transport is used as
+before: for A/B measurements); it is off as well where the C extension was not built.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from typing import Any, cast
 
 from gateway.core.limits import Admission, HandshakeGuard
 from gateway.engine import NetworkAddress, QuicConfiguration, QuicServer
+from gateway.server.sendmany import BatchingTransport, batching_enabled
 from gateway.server.udp import BufferSizes, size_buffers
 
 __all__ = ["ADMISSION_OUTCOMES", "Listener", "listen", "parse_initial"]
@@ -69,8 +80,30 @@ class Listener(QuicServer):
         self._retry_handler = self._retry  # the engine's Retry token minter and checker
         self._decided: OrderedDict[tuple[bytes, bool], tuple[Admission, float]] = OrderedDict()
         self.buffers = BufferSizes(0, 0, 0)  # set by listen() once the socket exists
+        self.batching: BatchingTransport | None = None  # None: one sendto per datagram
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the socket's transport, wrapped in a BatchingTransport unless batching is off:
+        every connection the engine creates from now on is handed ``self._transport``."""
+        super().connection_made(transport)
+        if batching_enabled():
+            self.batching = BatchingTransport(cast(asyncio.DatagramTransport, transport))
+            self._transport = self.batching
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
+        batching = self.batching
+        if batching is None:
+            self._receive(data, addr)
+            return
+        # What this datagram makes the connections send leaves when it is handled: no
+        # call_soon per received datagram, and a fan-out it triggers still goes out batched.
+        batching.hold()
+        try:
+            self._receive(data, addr)
+        finally:
+            batching.release()
+
+    def _receive(self, data: bytes | str, addr: NetworkAddress) -> None:
         initial = parse_initial(data) if len(data) >= _MIN_INITIAL_BYTES else None  # type: ignore[arg-type]
         if initial is None or initial[0] in self._protocols:
             super().datagram_received(data, addr)
