@@ -7,8 +7,12 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.errors import ErrorCode, GatewayError
+
+if TYPE_CHECKING:
+    from gateway.server.config import ServerConfig
 
 __all__ = ["main"]
 
@@ -19,9 +23,18 @@ DEFAULT_CA = Path("certs/ca.pem")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.server.app import run
+    """``skein serve``. A bad setting, certificate or key is one line on stderr and exit status
+    2 (a missing certificate file: status 1, saying to run ``make certs``), never a traceback, and
+    all of it is found before the gateway says it is serving."""
+    from gateway.core.auth import Authenticator
+    from gateway.server.certs import check_certificate_pair
     from gateway.server.config import load_config
     from gateway.server.logs import setup_logging
+
+    def bad(problem: object) -> int:
+        text = " ".join(str(problem).split())  # one line, whatever the message held
+        print(f"skein serve: bad configuration: {text}", file=sys.stderr)
+        return 2
 
     try:
         config = load_config(
@@ -34,20 +47,63 @@ def _serve(args: argparse.Namespace) -> int:
             admin_port=args.admin_port,
             insecure_dev=args.insecure_dev,
         )
-    except (OSError, ValueError) as exc:
-        print(f"skein serve: bad configuration: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:
+        return bad(f"cannot read {args.config}: {exc.strerror or exc}")
+    except ValueError as exc:
+        return bad(exc)
+    try:
+        check_certificate_pair(config.certificate_file, config.private_key_file)
+    except FileNotFoundError as exc:
+        print(f"skein serve: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        return bad(exc)
+    if not config.auth.insecure:
+        try:  # what the gateway does first: read the keys (and make the dev secret if needed)
+            Authenticator.from_config(config.auth)
+        except OSError as exc:
+            return bad(
+                f"[auth] cannot read {exc.filename}: {exc.strerror or exc} (see "
+                "es256_public_key_files and dev_secret_file)"
+            )
+        except ValueError as exc:
+            return bad(f"[auth] {exc}")
     log_format = args.log_format
     if log_format == "auto":  # a person at a terminal reads text; collectors read JSON
         log_format = "text" if sys.stderr.isatty() else "json"
     setup_logging(config.log_level, json=log_format == "json")
+    return asyncio.run(_run_server(config))
+
+
+async def _run_server(config: ServerConfig) -> int:
+    """Run the gateway until it is stopped; the exit status, with why on stderr when not 0."""
+    from gateway.server.app import run
+    from gateway.store.records import StoreError
+
+    ready = asyncio.Event()
     try:
-        asyncio.run(run(config))
+        await run(config, ready=ready)
+    except StoreError as exc:
+        if ready.is_set():
+            print(f"skein serve: the store failed: {exc}", file=sys.stderr)
+            return 1
+        path = config.store.path
+        why = " ".join(str(exc).removeprefix(f"cannot open the store at {path}: ").split())
+        print(
+            f"skein serve: bad configuration: [store] path {path}: cannot open the store: {why}; "
+            "make its directory writable by this user, or point [store] path at a writable "
+            'file (kind = "memory" keeps nothing)',
+            file=sys.stderr,
+        )
+        return 2
     except FileNotFoundError as exc:
         print(f"skein serve: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"skein serve: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        where = f"udp {config.host}:{config.port}"
+        if config.admin_port >= 0:
+            where += f" and tcp {config.admin_host}:{config.admin_port} (admin)"
+        print(f"skein serve: cannot listen on {where}: {exc}", file=sys.stderr)
         return 1
     return 0
 

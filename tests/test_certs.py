@@ -22,6 +22,7 @@ from gateway.server.certs import (
     MAX_DAYS,
     CertPaths,
     certificate_sha256,
+    check_certificate_pair,
     ensure_dev_certs,
     main,
 )
@@ -216,6 +217,86 @@ def test_main_help_explains(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "--force" in out and "--days" in out and "development" in out
+
+
+# ---- checking a configured pair (what `skein serve` does before it says it is serving) -----------
+
+
+def _encrypted(key_path: Path) -> bytes:
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase"),
+    )
+
+
+def test_check_certificate_pair_accepts_what_aioquic_loads(
+    paths: CertPaths, tmp_path: Path
+) -> None:
+    pem, ca, key = paths.cert.read_bytes(), paths.ca_cert.read_bytes(), paths.key.read_bytes()
+    for name, content in {
+        "leaf": pem,
+        "chain": pem + ca,
+        "no final newline": pem.rstrip(b"\n"),
+        "a comment first": b"# the server\n" + pem,
+        "key appended": pem + key,
+    }.items():
+        cert_file = tmp_path / "cert.pem"
+        cert_file.write_bytes(content)
+        leaf = check_certificate_pair(cert_file, paths.key)
+        assert leaf == _cert(paths.cert), name
+        QuicConfiguration(is_client=False).load_cert_chain(cert_file, paths.key)
+
+
+@pytest.mark.parametrize(
+    ("case", "cert_content", "key_content", "says"),
+    [
+        ("empty certificate", "empty", "key", "cert.pem is empty"),
+        ("garbage certificate", "garbage", "key", "cert.pem holds no PEM certificate"),
+        ("key as certificate", "key", "key", "holds a private key, not a certificate"),
+        ("blank line after chain", "cert+blank", "key", "text after its last certificate"),
+        ("certificate of another key", "other cert", "key", "does not match the certificate"),
+        ("empty key", "cert", "empty", "key.pem is empty"),
+        ("garbage key", "cert", "garbage", "key.pem holds no PEM private key"),
+        ("certificate as key", "cert", "cert", "holds a certificate, not a private key"),
+        ("encrypted key", "cert", "encrypted", "is encrypted"),
+        ("another certificate's key", "cert", "other key", "does not match the certificate"),
+    ],
+)
+def test_check_certificate_pair_names_both_files_and_the_fix(
+    paths: CertPaths, tmp_path: Path, case: str, cert_content: str, key_content: str, says: str
+) -> None:
+    other = ensure_dev_certs(tmp_path / "other")
+    contents = {
+        "empty": b"",
+        "garbage": b"garbage\n",
+        "key": paths.key.read_bytes(),
+        "cert": paths.cert.read_bytes(),
+        "cert+blank": paths.cert.read_bytes() + b"\n",
+        "other cert": other.cert.read_bytes(),
+        "other key": other.key.read_bytes(),
+        "encrypted": _encrypted(paths.key),
+    }
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(contents[cert_content])
+    key_file.write_bytes(contents[key_content])
+    with pytest.raises(ValueError) as info:
+        check_certificate_pair(cert_file, key_file)
+    message = str(info.value)
+    assert says in message, case
+    assert str(cert_file) in message and str(key_file) in message
+    assert "--cert" in message and "--key" in message and "make certs" in message
+    assert "\n" not in message
+
+
+def test_check_certificate_pair_missing_or_unreadable(paths: CertPaths, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="make certs"):
+        check_certificate_pair(tmp_path / "none.pem", paths.key)
+    with pytest.raises(FileNotFoundError, match=r"none\.key"):
+        check_certificate_pair(paths.cert, tmp_path / "none.key")
+    with pytest.raises(ValueError, match="cannot read"):
+        check_certificate_pair(paths.cert, tmp_path)  # a directory
 
 
 # ---- a real handshake ----------------------------------------------------------------------------

@@ -52,7 +52,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.exceptions import InvalidSubjectError
 
-from gateway.errors import ErrorCode, Rejected
+from gateway.errors import ErrorCode, Rejected, RemoteProtocolError
 
 __all__ = [
     "AUTH_MODES",
@@ -62,9 +62,11 @@ __all__ = [
     "AuthConfig",
     "Authenticator",
     "Principal",
+    "check_client_name",
     "default_secret",
     "dev_secret",
     "load_es256_public_key",
+    "valid_name",
     "validate_pattern",
 ]
 
@@ -87,6 +89,25 @@ def validate_pattern(pattern: str) -> str:
             "A-Z a-z 0-9 _ . : @ - and the wildcard *"
         )
     return pattern
+
+
+def valid_name(name: object) -> bool:
+    """True if ``name`` can name a principal (a token's ``sub``, a client's ``client_name``):
+    a string of 1-:data:`MAX_SUB_CHARS` printable characters (``str.isprintable``: no control
+    characters, line breaks, escape codes or other invisible separators; spaces are fine)."""
+    return isinstance(name, str) and 0 < len(name) <= MAX_SUB_CHARS and name.isprintable()
+
+
+def check_client_name(name: str) -> None:
+    """Raise a fatal INVALID_ARGUMENT :class:`RemoteProtocolError` unless ``name`` (a Hello's
+    ``client_name``, the identity in insecure-dev mode) is empty or a :func:`valid_name`."""
+    if name and not valid_name(name):
+        raise RemoteProtocolError(
+            f"client_name must be 1-{MAX_SUB_CHARS} printable characters (no control "
+            "characters, line breaks or escape codes)",
+            code=ErrorCode.INVALID_ARGUMENT,
+            fatal=True,
+        )
 
 
 def _matches(room: str, patterns: tuple[str, ...]) -> bool:
@@ -164,19 +185,38 @@ class AuthConfig:
     def __post_init__(self) -> None:
         if self.mode not in AUTH_MODES:
             raise ValueError(f"auth mode must be one of {', '.join(AUTH_MODES)}, got {self.mode!r}")
+        if not isinstance(self.hs256_secrets, tuple) or not all(
+            isinstance(s, str) for s in self.hs256_secrets
+        ):
+            raise ValueError("hs256_secrets must be a list of strings")
         for secret in self.hs256_secrets:
             if len(secret.encode()) < MIN_SECRET_BYTES:
                 raise ValueError(f"every HS256 secret must be at least {MIN_SECRET_BYTES} bytes")
+        files = self.es256_public_key_files
+        if not isinstance(files, tuple) or not all(isinstance(p, Path) for p in files):
+            raise ValueError(f"es256_public_key_files must be a list of paths, got {files!r}")
+        if self.dev_secret_file is not None and not isinstance(self.dev_secret_file, Path):
+            raise ValueError(f"dev_secret_file must be a path, got {self.dev_secret_file!r}")
+        for name in ("audience", "issuer"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
         has_keys = self.hs256_secrets or self.es256_public_key_files
         if self.mode == "jwt" and not has_keys and self.dev_secret_file is None:
             raise ValueError(
                 "jwt auth needs at least one of hs256_secrets, es256_public_key_files or "
                 "dev_secret_file (or mode = 'insecure-dev' for local play)"
             )
-        if not 0 <= self.leeway_s <= 3600:
-            raise ValueError("leeway_s must be within 0..3600")
-        if self.max_token_bytes < 64:
-            raise ValueError("max_token_bytes must be >= 64")
+        leeway = self.leeway_s
+        if (
+            isinstance(leeway, bool)
+            or not isinstance(leeway, int | float)
+            or not 0 <= leeway <= 3600
+        ):
+            raise ValueError(f"leeway_s must be a number within 0..3600, got {leeway!r}")
+        size = self.max_token_bytes
+        if isinstance(size, bool) or not isinstance(size, int) or not 64 <= size <= 1 << 20:
+            raise ValueError(f"max_token_bytes must be an integer within 64..1048576, got {size!r}")
 
     @property
     def insecure(self) -> bool:

@@ -12,19 +12,25 @@ room that did waits until ``tick_ms`` after its last batch: Nagle's rule, not a 
 batching starts only while messages come faster than the tick. Each batch becomes one Deliver
 frame, encoded once (and lz4-compressed once for the clients that asked), and the same bytes go to
 every subscriber, in an order that rotates from batch to batch so no subscriber is always last.
+
+Limits: each session's Join, Publish and Fetch rates and its violations are charged to its QUIC
+connection (the ``connection`` key given to :meth:`Hub.connect`) and to its principal, shared with
+every other session of either (:mod:`gateway.core.principals`). Nothing a client sends raises past
+:meth:`Hub.receive_data` or :meth:`Hub.stream_ended`: errors made on purpose become Error frames
+(``Hub._fail``), anything else a fatal INTERNAL one (:mod:`gateway.core.boundary`).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import heapq
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
-from gateway.core.auth import Authenticator, Principal
+from gateway.core.auth import Authenticator, Principal, check_client_name
 from gateway.core.batching import MAX_BATCH_BYTES, batches, capped
+from gateway.core.boundary import Unexpected
 from gateway.core.config import CoreConfig
 from gateway.core.fanout import PRIORITY_NAMES, fan_out_shared, fan_out_shedding
 from gateway.core.limits import TokenBucket
@@ -37,6 +43,7 @@ from gateway.core.outputs import (
     Send,
     StoreRead,
 )
+from gateway.core.principals import Allowances, charge
 from gateway.core.room import Room, RoomMode
 from gateway.core.session import Session, State
 from gateway.core.shard import Entry
@@ -119,6 +126,10 @@ class Hub:
         # Reliable messages waiting for the store: (room, shard, seq) -> who to ack.
         # Every publish waiting on it (the original and its retries, perhaps from a new session).
         self._unstored: dict[tuple[str, int, int], list[tuple[int, int, str]]] = {}
+        # Rates and violations shared per QUIC connection and per principal (idle ones kept).
+        self._by_connection: Allowances[Hashable] = Allowances(limits, limits.max_connections)
+        self._by_principal: Allowances[str] = Allowances(limits, limits.max_connections)
+        self._unexpected = Unexpected()
         self._handlers: dict[type[f.ClientFrame], Callable[[Session, Any, float], None]] = {
             f.Hello: self._on_hello,
             f.Join: self._on_join,
@@ -130,21 +141,43 @@ class Hub:
 
     # ---- inputs ---------------------------------------------------------------------------------
 
-    def connect(self, conn_id: int, now: float) -> None:
-        """A client opened its session stream. ``conn_id`` must be new."""
+    def connect(self, conn_id: int, now: float, *, connection: Hashable = None) -> None:
+        """A client opened its session stream. ``conn_id`` must be new.
+
+        ``connection`` names the QUIC connection carrying the session (any hashable key, unique
+        for the process's lifetime): sessions given the same key share their connection's rate
+        limits and violation count. None (the default) gives the session a connection of its
+        own. Call :meth:`connection_closed` when that connection ends."""
         if conn_id in self._sessions:
             raise ValueError(f"connection {conn_id} already has a session")
         session_id = f"{self.config.node_id}-{conn_id:x}"
+        key = ("session", session_id) if connection is None else connection
         self._sessions[conn_id] = Session(
-            conn_id, session_id, max_frame_bytes=self.config.max_frame_bytes
+            conn_id,
+            session_id,
+            max_frame_bytes=self.config.max_frame_bytes,
+            connection=key,
+            allowances=(self._by_connection.acquire(key),),
         )
         self.stats.sessions_opened += 1
 
+    def connection_closed(self, connection: Hashable) -> None:
+        """The QUIC connection given to :meth:`connect` as ``connection`` is gone for good (its
+        sessions were ended first): forget its shared limits."""
+        self._by_connection.forget(connection)
+
     def receive_data(self, conn_id: int, data: bytes, now: float) -> None:
-        """Bytes arrived on a session's stream. Errors become Error frames (and maybe a Close)."""
+        """Bytes arrived on a session's stream. Errors become Error frames (and maybe a Close);
+        nothing raises (the one error boundary: see the module docstring)."""
         session = self._sessions.get(conn_id)
         if session is None or session.state is State.CLOSED:
             return
+        try:
+            self._receive(session, data, now)
+        except Exception as exc:  # a bug, not the client's doing: it must not reach the server
+            self._fail_unexpected(session, exc, "handling a frame")
+
+    def _receive(self, session: Session, data: bytes, now: float) -> None:
         try:
             payloads = session.decoder.feed(data)
         except GatewayError as exc:
@@ -158,12 +191,24 @@ class Hub:
                 self._handlers[type(frame)](session, frame, now)
             except GatewayError as exc:
                 self._fail(session, exc)
-            if self._sessions.get(conn_id) is not session:  # closed by the error
+            if self._sessions.get(session.conn_id) is not session:  # closed by the error
                 return
         try:
             session.decoder.check()
         except GatewayError as exc:
             self._fail(session, exc)
+
+    def _fail_unexpected(self, session: Session, exc: Exception, doing: str) -> None:
+        """The boundary's last resort: a fatal INTERNAL error to the session (logged once per
+        cause). If even that fails, the session is dropped with a Close and no Error."""
+        error = self._unexpected.error(exc, doing=doing, session_id=session.session_id)
+        if self._sessions.get(session.conn_id) is not session:
+            return  # it failed after the session was already closed
+        try:
+            self._fail(session, error)
+        except Exception:
+            self._outputs.append(Close(session.conn_id, error.code, error.message))
+            self._sessions.pop(session.conn_id, None)
 
     def stream_ended(self, conn_id: int, now: float) -> None:
         """The client finished its stream. Ending mid-frame is a protocol error."""
@@ -180,6 +225,10 @@ class Hub:
         self.stats.sessions_closed += 1
         session.state = State.CLOSED
         self._congested.pop(conn_id, None)
+        self._by_connection.release(session.connection, now)
+        if len(session.allowances) > 1 and session.principal is not None:
+            self._by_principal.release(session.principal.sub, now)
+        session.allowances = ()
         for name in session.rooms:
             room = self._rooms.get(name)
             if room is not None:
@@ -278,6 +327,7 @@ class Hub:
                         code=ErrorCode.UNAUTHENTICATED,
                         fatal=True,
                     ),
+                    violation=False,  # a grant running out is nobody's misbehaviour
                 )
 
     def take_outputs(self) -> list[Output]:
@@ -347,6 +397,7 @@ class Hub:
                 code=ErrorCode.UNSUPPORTED_VERSION,
                 fatal=True,
             )
+        check_client_name(frame.client_name)
         fallback = frame.client_name or f"anon-{session.session_id}"
         if self.authenticator is None:
             principal = Principal(sub=fallback, join=("*",), publish=("*",))
@@ -360,10 +411,7 @@ class Hub:
                 self._expiries, (principal.expires_at - self.wall_offset_s, session.conn_id)
             )
         session.user = principal.sub  # the sender identity is the token's subject
-        limits = self.config.limits
-        session.publish_bucket = limits.connection_publish_bucket()
-        session.join_bucket = limits.connection_join_bucket()
-        session.fetch_bucket = limits.connection_fetch_bucket()
+        session.allowances = (*session.allowances, self._by_principal.acquire(principal.sub))
         common = tuple(c for c in CAPABILITIES if c in frame.capabilities)
         session.lz4 = "lz4" in common
         welcome = f.Welcome(
@@ -385,7 +433,7 @@ class Hub:
                     request_id=request_id,
                 )
             mode = RoomMode.LIVE
-            if any(fnmatch.fnmatchcase(name, p) for p in self.config.group_rooms):
+            if self.config.is_group_room(name):
                 mode = RoomMode.GROUP
             room = Room(
                 name,
@@ -413,19 +461,14 @@ class Hub:
                 code=ErrorCode.TOO_MANY_ROOMS,
                 request_id=frame.request_id,
             )
-        assert session.principal is not None and session.join_bucket is not None
+        assert session.principal is not None
         if not session.principal.may_join(frame.room):
             raise Rejected(
                 f"your token does not allow joining {frame.room!r}",
                 code=ErrorCode.FORBIDDEN,
                 request_id=frame.request_id,
             )
-        if not session.join_bucket.take(now):
-            raise Rejected(
-                f"joining too fast; retry in {session.join_bucket.retry_after_s(now):.1f} s",
-                code=ErrorCode.RATE_LIMITED,
-                request_id=frame.request_id,
-            )
+        charge(session.allowances, "join", now, frame.request_id)
         room = self._room_for_join(frame.room, frame.request_id, now)
         replay: list[bytes] = []
         missed = 0
@@ -504,20 +547,14 @@ class Hub:
         """Permission and rates. A room over its rate sheds lowest priority first: chatter once
         its bucket is below half, normal once it is empty; high is never refused for the room's
         rate (it still spends tokens)."""
-        assert session.principal is not None and session.publish_bucket is not None
+        assert session.principal is not None
         if not session.principal.may_publish(frame.room):
             raise Rejected(
                 f"your token does not allow publishing to {frame.room!r}",
                 code=ErrorCode.FORBIDDEN,
                 request_id=frame.request_id,
             )
-        bucket = session.publish_bucket
-        if not bucket.take(now):
-            raise Rejected(
-                f"publishing too fast; retry in {bucket.retry_after_s(now):.2f} s",
-                code=ErrorCode.RATE_LIMITED,
-                request_id=frame.request_id,
-            )
+        charge(session.allowances, "publish", now, frame.request_id)
         assert room.bucket is not None
         if room.bucket.available(now) < self._room_floor[frame.priority]:
             name = PRIORITY_NAMES[frame.priority]
@@ -629,13 +666,7 @@ class Hub:
 
     def _on_fetch(self, session: Session, frame: f.Fetch, now: float) -> None:
         room = self._joined_room(session, frame.room, frame.request_id)
-        assert session.fetch_bucket is not None
-        if not session.fetch_bucket.take(now):
-            raise Rejected(
-                f"fetching too fast; retry in {session.fetch_bucket.retry_after_s(now):.1f} s",
-                code=ErrorCode.RATE_LIMITED,
-                request_id=frame.request_id,
-            )
+        charge(session.allowances, "fetch", now, frame.request_id)
         try:
             shard = room.shard(frame.shard)
         except GatewayError as exc:
@@ -679,19 +710,29 @@ class Hub:
     def _send_frame(self, session: Session, frame: f.ServerFrame) -> None:
         self._outputs.append(Send((session.conn_id,), delimit(encode_server_frame(frame))))
 
-    def _fail(self, session: Session, exc: GatewayError) -> None:
-        """The one place a GatewayError becomes an Error frame (and, if fatal, a Close)."""
+    def _fail(self, session: Session, exc: GatewayError, *, violation: bool = True) -> None:
+        """The one place a GatewayError becomes an Error frame (and, if fatal, a Close).
+
+        Protocol errors count against the session's ``max_errors_per_session``; violations
+        (FORBIDDEN, UNAUTHENTICATED; ``violation=False`` for those that are nobody's fault, such
+        as a token expiring) against ``violations_before_close`` of the session's connection
+        and of its principal, shared with their other sessions: once either has that many, the
+        session making the violation is closed, and so is every later one that makes one."""
         # Refusals of well-formed requests are the client's business; broken protocol and
         # permission violations count towards disconnection, each against its own limit.
+        violations = 0
         if isinstance(exc, RemoteProtocolError):
             session.errors += 1
-        elif exc.code in _VIOLATIONS:
+        elif exc.code in _VIOLATIONS and violation:
             session.violations += 1
+            for allowance in session.allowances:
+                allowance.violations += 1
+                violations = max(violations, allowance.violations)
         self.stats.errors[exc.code.name] += 1
         fatal = (
             exc.fatal
             or session.errors >= self.config.max_errors_per_session
-            or session.violations >= self.config.limits.violations_before_close
+            or violations >= self.config.limits.violations_before_close
         )
         self._send_frame(session, f.Error(exc.code, exc.message, exc.request_id, fatal))
         if fatal:

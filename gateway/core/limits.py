@@ -276,6 +276,10 @@ class LimitsConfig:
     - ``violations_before_close``: permission refusals (FORBIDDEN, UNAUTHENTICATED) a session
       may collect before it is closed; the last one is sent fatal. Rate refusals (RATE_LIMITED)
       don't count: they cost the sender only its wait.
+    - ``max_sessions_per_connection``: WebTransport sessions open at once on one QUIC
+      connection; a CONNECT beyond it is answered HTTP 429. (The ``*_per_connection`` buckets
+      and the violation count are shared by all sessions of a QUIC connection, and again by all
+      sessions of one principal: see :mod:`gateway.core.principals`.)
     """
 
     max_connections: int = 10_000
@@ -292,13 +296,18 @@ class LimitsConfig:
     handshake_burst: float = 1000.0
     retry: str = "auto"
     violations_before_close: int = 10
+    max_sessions_per_connection: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("max_connections", "max_connections_per_address"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.violations_before_close < 1:
-            raise ValueError("violations_before_close must be >= 1")
+        for name in (
+            "max_connections",
+            "max_connections_per_address",
+            "violations_before_close",
+            "max_sessions_per_connection",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         for rate, burst in (
             ("publish_rate_per_connection_per_s", "publish_burst_per_connection"),
             ("publish_rate_per_room_per_s", "publish_burst_per_room"),
@@ -306,10 +315,12 @@ class LimitsConfig:
             ("fetch_rate_per_connection_per_s", "fetch_burst_per_connection"),
             ("handshake_rate_per_s", "handshake_burst"),
         ):
-            try:
-                TokenBucket(getattr(self, rate), getattr(self, burst))
-            except ValueError as exc:
-                raise ValueError(f"{rate} / {burst}: {exc}") from None
+            for name, least in ((rate, 0.0), (burst, 1.0)):  # what a TokenBucket accepts
+                value = getattr(self, name)
+                number = isinstance(value, int | float) and not isinstance(value, bool)
+                if not (number and math.isfinite(value) and (value > 0 and value >= least)):
+                    span = "> 0" if least == 0 else ">= 1"
+                    raise ValueError(f"{name} must be a finite number {span}, got {value!r}")
         if self.retry not in RETRY_MODES:
             raise ValueError(f"retry must be one of {', '.join(RETRY_MODES)}, got {self.retry!r}")
 

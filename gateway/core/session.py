@@ -1,15 +1,18 @@
 """One client's session: its state machine, identity, negotiated capabilities and joined rooms.
 
 A session is bound to its connection id, never to a network address: the server layer maps QUIC
-connections (which survive address changes) to these ids.
+connections (which survive address changes) to these ids. Several sessions may share one QUIC
+connection (``connection``, the key the server gave the hub) and one principal: their rate limits
+and violation counts are the :class:`~gateway.core.principals.Allowance` objects they share.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from enum import Enum
 
 from gateway.core.auth import Principal
-from gateway.core.limits import TokenBucket
+from gateway.core.principals import Allowance
 from gateway.errors import ErrorCode, RemoteProtocolError
 from gateway.wire import frames as f
 from gateway.wire.framing import FrameDecoder
@@ -41,15 +44,14 @@ class Session:
     """Per-connection state. The hub owns sessions and drives them."""
 
     __slots__ = (
+        "allowances",
         "backlog",
         "conn_id",
+        "connection",
         "decoder",
         "errors",
-        "fetch_bucket",
-        "join_bucket",
         "lz4",
         "principal",
-        "publish_bucket",
         "rooms",
         "session_id",
         "shed",
@@ -58,22 +60,31 @@ class Session:
         "violations",
     )
 
-    def __init__(self, conn_id: int, session_id: str, *, max_frame_bytes: int) -> None:
+    def __init__(
+        self,
+        conn_id: int,
+        session_id: str,
+        *,
+        max_frame_bytes: int,
+        connection: Hashable = None,
+        allowances: tuple[Allowance, ...] = (),
+    ) -> None:
         self.conn_id = conn_id
+        self.connection = connection  # the QUIC connection it belongs to (the server's key)
         self.session_id = session_id
         self.state = State.AWAITING_HELLO
         self.user = ""
         self.lz4 = False
         self.rooms: set[str] = set()
         self.errors = 0
-        self.violations = 0  # forbidden joins and publishes
+        self.violations = 0  # forbidden joins and publishes (this session's own)
         self.decoder = FrameDecoder(max_frame_bytes)
         self.backlog = 0  # bytes queued or unacknowledged on the connection, as last reported
         self.shed = 0  # messages shed for it since its last Deliver
         self.principal: Principal | None = None  # who the token says this is (after Hello)
-        self.publish_bucket: TokenBucket | None = None
-        self.join_bucket: TokenBucket | None = None
-        self.fetch_bucket: TokenBucket | None = None
+        # What its requests are charged to: its connection's allowance, and from Hello on its
+        # principal's too (acquired by the hub, released when the session ends).
+        self.allowances = allowances
 
     def advance(self, frame: f.ClientFrame) -> None:
         """Move the state machine for ``frame``, or raise RemoteProtocolError if it is not allowed."""

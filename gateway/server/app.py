@@ -27,6 +27,7 @@ from gateway.engine import (
     peer_address,
 )
 from gateway.server.admin import AdminServer, Reply
+from gateway.server.certs import check_certificate_pair
 from gateway.server.config import ServerConfig
 from gateway.server.listener import Listener, listen
 from gateway.server.metrics import install as install_metrics
@@ -120,18 +121,17 @@ class GatewayServer:
             max_data=cfg.stream_window_bytes * 4,
             max_stream_data=cfg.stream_window_bytes,
         )
-        try:
-            quic.load_cert_chain(cfg.certificate_file, cfg.private_key_file)
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(
-                f"certificate not found ({exc.filename}): run `make certs` for development "
-                "certificates, or set certificate_file/private_key_file (--cert/--key)"
-            ) from None
+        # Loaded and matched first: a key that is not the certificate's would otherwise start,
+        # report ready and fail every handshake. Raises FileNotFoundError / ValueError saying how
+        # to fix it.
+        check_certificate_pair(cfg.certificate_file, cfg.private_key_file)
+        quic.load_cert_chain(cfg.certificate_file, cfg.private_key_file)
         return quic
 
     async def start(self) -> None:
         """Bind the UDP socket and start serving. ``self.address`` is the bound address."""
         self._loop = asyncio.get_running_loop()
+        configuration = self.quic_configuration()  # certificates checked before anything opens
         self.hub.wall_offset_s = time.time() - self._loop.time()  # token expiry is wall clock
         if self.authenticator is None:
             log.warning(
@@ -150,7 +150,7 @@ class GatewayServer:
             self.config.host,
             self.config.port,
             guard=self.config.core.limits.handshake_guard(),
-            configuration=self.quic_configuration(),
+            configuration=configuration,
             create_protocol=partial(GatewayProtocol, gateway=self),
             session_ticket_fetcher=self._tickets.pop,
             session_ticket_handler=self._tickets.add,
@@ -225,7 +225,7 @@ class GatewayServer:
         self._next_conn_id += 1
         self._protocols.add(protocol)
         self._routes[conn_id] = _Route(protocol, stream_id)
-        self.hub.connect(conn_id, self.now())
+        self.hub.connect(conn_id, self.now(), connection=protocol.connection_key)
         log.debug(
             "session opened",
             extra={"event": "session_opened", "conn": conn_id, "cid": protocol.cid},
@@ -249,6 +249,7 @@ class GatewayServer:
         self._routes.pop(conn_id, None)
 
     def connection_closed(self, protocol: GatewayProtocol) -> None:
+        self.hub.connection_closed(protocol.connection_key)
         self._protocols.discard(protocol)
         self.counters["connections_closed"] += 1
         host = self._admitted.pop(protocol, None)

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "SERVER_IP_ADDRESSES",
     "CertPaths",
     "certificate_sha256",
+    "check_certificate_pair",
     "ensure_dev_certs",
     "main",
 ]
@@ -97,6 +98,87 @@ def certificate_sha256(cert_pem_path: Path) -> bytes:
     """
     cert = x509.load_pem_x509_certificate(cert_pem_path.read_bytes())
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+
+
+_PEM_CERT_END = b"-----END CERTIFICATE-----\n"
+_PEM_KEY_BEGIN = b"\n-----BEGIN PRIVATE KEY-----\n"  # a key appended to the chain file
+_SIGNING_KEYS = (
+    ec.EllipticCurvePrivateKey,
+    rsa.RSAPrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+)
+_FIX = (
+    "give certificate_file (--cert) the PEM chain, server certificate first, and "
+    "private_key_file (--key) that certificate's unencrypted PEM private key; "
+    "`make certs` makes a development pair"
+)
+
+
+def check_certificate_pair(cert_file: Path, key_file: Path) -> x509.Certificate:
+    """Load the server's certificate chain and private key as the QUIC engines will, and check
+    that the key belongs to the chain's first (server) certificate. Returns that certificate.
+
+    Call it before serving: a pair that doesn't match would otherwise start, report ready, and
+    fail every handshake. Raises ``FileNotFoundError`` (saying to run ``make certs``) when a file
+    is missing, and ``ValueError`` naming both files and how to fix them for anything else: a
+    file that can't be read, holds no certificate (empty, garbage, a key), has text after its last
+    certificate (aioquic can't read it), a key that is missing, encrypted, of an unsupported
+    type, or not the certificate's.
+    """
+
+    def fail(problem: str) -> ValueError:
+        return ValueError(f"certificate {cert_file} and private key {key_file}: {problem}; {_FIX}")
+
+    def read(path: Path) -> bytes:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"certificate not found ({path}): run `make certs` for development "
+                "certificates, or set certificate_file/private_key_file (--cert/--key)"
+            ) from None
+        except OSError as exc:
+            raise fail(f"cannot read {path}: {exc.strerror or exc}") from None
+
+    whole, key_pem = read(cert_file), read(key_file)
+    chain_pem = whole.split(_PEM_KEY_BEGIN, 1)[0]  # as aioquic does: certificates come first
+    chunks = [c for c in chain_pem.split(_PEM_CERT_END) if c]
+    if not chunks or b"-----BEGIN CERTIFICATE-----" not in chunks[0]:
+        what = "is empty" if not whole.strip() else "holds no PEM certificate"
+        if b"PRIVATE KEY-----" in whole:
+            what = "holds a private key, not a certificate"
+        raise fail(f"{cert_file} {what}")
+    chain: list[x509.Certificate] = []
+    for i, chunk in enumerate(chunks):
+        if b"-----BEGIN CERTIFICATE-----" not in chunk:
+            raise fail(
+                f"{cert_file} has text after its last certificate (even a blank line stops "
+                "aioquic reading it): remove it"
+            )
+        try:
+            chain.append(x509.load_pem_x509_certificate(chunk + _PEM_CERT_END))
+        except ValueError:
+            raise fail(
+                f"certificate {i + 1} in {cert_file} is not a valid PEM certificate"
+            ) from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:  # "password was not given but private key is encrypted"
+        raise fail(f"the key in {key_file} is encrypted (the gateway has no passphrase)") from None
+    except (ValueError, UnsupportedAlgorithm):
+        what = "is empty" if not key_pem.strip() else "holds no PEM private key this can read"
+        if b"-----BEGIN CERTIFICATE-----" in key_pem:
+            what = "holds a certificate, not a private key"
+        raise fail(f"{key_file} {what}") from None
+    if not isinstance(key, _SIGNING_KEYS):
+        raise fail(f"{key_file} holds a {type(key).__name__}; TLS 1.3 needs EC, RSA or EdDSA")
+    if key.public_key() != chain[0].public_key():
+        raise fail(
+            f"the key in {key_file} does not match the certificate in {cert_file} (the first one "
+            "of the chain), so no client could complete a handshake"
+        )
+    return chain[0]
 
 
 def ensure_dev_certs(

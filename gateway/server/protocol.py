@@ -2,13 +2,26 @@
 
 Each WebTransport session on ``chat_path`` is one hub session; the first bidirectional stream the
 client opens in it carries the session's frames both ways. Other HTTP/3 requests are answered by
-:mod:`gateway.server.http`. This class only moves bytes: every decision is the hub's.
+:mod:`gateway.server.http`. This class only moves bytes: every decision about frames is the hub's.
+
+Stream bookkeeping: QUIC forgets a stream, and gives the client credit (MAX_STREAMS) for a new
+one, only once *both* sides of it have ended. So whenever a session ends, however it ends (the
+client's FIN or RESET_STREAM on either of its streams, or the hub closing it), the gateway ends its
+own side of the frame stream (FIN) and of the CONNECT stream (FIN). A session's record is kept
+until the client has ended its side of both streams too, so that what still arrives on them is
+recognised (a late FIN is nothing; late data is stopped with STOP_SENDING), never mistaken for a
+stream of an unknown session. Records are bounded by QUIC's stream limit: each one holds an open
+stream of the client's.
+
+At most ``max_sessions_per_connection`` sessions (``[core.limits]``) are open at once on one
+connection: a CONNECT beyond that is answered ``429`` and ends there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -47,15 +60,20 @@ log = logging.getLogger("skein.server")
 _H3_NO_ERROR = 0x100
 _MAX_EARLY_SESSIONS = 4
 _MAX_EARLY_BYTES = 64 * 1024
-_MAX_FINISHED_STREAMS = 16  # frame streams the gateway ended, remembered per connection
+_connection_keys = itertools.count(1)
 
 
 @dataclass(slots=True)
 class _WtSession:
+    """A WebTransport session, from its CONNECT until both sides have ended both its streams."""
+
     connect_stream_id: int
     frame_stream_id: int | None = None
-    conn_id: int | None = None
+    conn_id: int | None = None  # the hub session, while it is open
     extra_streams: set[int] = field(default_factory=set)
+    ended: bool = False  # the gateway has ended the session and its sides of both streams
+    stopped: bool = False  # STOP_SENDING sent for late data on the frame stream
+    client_ended: set[int] = field(default_factory=set)  # streams the client has FINned or reset
 
 
 class GatewayProtocol(QuicConnectionProtocol):
@@ -70,10 +88,10 @@ class GatewayProtocol(QuicConnectionProtocol):
         self._peer: NetworkAddress | None = None
         self._early: dict[int, list[WebTransportStreamDataReceived]] = {}
         self._answered: set[int] = set()  # CONNECT streams already answered (kept or refused)
-        # Frame streams whose sending side the gateway finished (oldest forgotten first: by
-        # then their FIN has long been delivered).
-        self._finished: dict[int, None] = {}
         self.cid = ""
+        # Names this QUIC connection to the hub, which shares rate limits among its sessions.
+        # Unique for the process's lifetime (an id() could be reused by a later connection).
+        self.connection_key = next(_connection_keys)
 
     # ---- asyncio / aioquic hooks ----------------------------------------------------------------
 
@@ -92,14 +110,14 @@ class GatewayProtocol(QuicConnectionProtocol):
         elif isinstance(event, HandshakeCompleted):
             self.gateway.handshake_completed(self)
         elif isinstance(event, StreamReset):
-            session = self._by_stream.get(event.stream_id)
-            if session is not None and session.conn_id is not None:
-                self.gateway.session_ended(session.conn_id, mid_stream=True)
-                self._forget(session)
+            session = self._by_stream.get(event.stream_id) or self._sessions.get(event.stream_id)
+            if session is not None:
+                self._client_ended(session, event.stream_id)
         elif isinstance(event, ConnectionTerminated):
             for session in list(self._sessions.values()):
                 if session.conn_id is not None:
                     self.gateway.session_ended(session.conn_id, mid_stream=False)
+                session.conn_id = None
             self._sessions.clear()
             self._by_stream.clear()
             self.gateway.connection_closed(self)
@@ -117,7 +135,7 @@ class GatewayProtocol(QuicConnectionProtocol):
         elif isinstance(event, DataReceived):
             session = self._sessions.get(event.stream_id)
             if session is not None and event.stream_ended:  # the client closed the session
-                self._end_session(session)
+                self._client_ended(session, event.stream_id)
         elif isinstance(event, DatagramReceived):
             pass  # clients send nothing on datagrams (yet); ignoring them is harmless
 
@@ -127,7 +145,11 @@ class GatewayProtocol(QuicConnectionProtocol):
         path = headers.get(b":path", b"").decode("utf-8", "replace")
         if method == b"CONNECT" and headers.get(b":protocol") == b"webtransport":
             self._answered.add(event.stream_id)
-            if path.split("?", 1)[0] == self.gateway.config.chat_path:
+            if path.split("?", 1)[0] != self.gateway.config.chat_path:
+                self._send_headers(event.stream_id, 404, end_stream=True)
+            elif self.open_sessions >= self.gateway.config.core.limits.max_sessions_per_connection:
+                self._refuse_session(event.stream_id)
+            else:
                 self._sessions[event.stream_id] = _WtSession(event.stream_id)
                 self._send_headers(
                     event.stream_id,
@@ -135,13 +157,12 @@ class GatewayProtocol(QuicConnectionProtocol):
                     end_stream=False,
                     extra=[(b"sec-webtransport-http3-draft", b"draft02")],
                 )
-            else:
-                self._send_headers(event.stream_id, 404, end_stream=True)
             for early in self._early.pop(event.stream_id, ()):
                 self._on_wt_data(early)  # stream data that overtook its CONNECT
             return
-        if event.stream_id in self._sessions and event.stream_ended:
-            self._end_session(self._sessions[event.stream_id])
+        if event.stream_id in self._sessions:
+            if event.stream_ended:  # trailing HEADERS with FIN: the client closed the session
+                self._client_ended(self._sessions[event.stream_id], event.stream_id)
             return
         accept = headers.get(b"accept", b"").decode("ascii", "replace")
         authorization = headers.get(b"authorization", b"").decode("ascii", "replace")
@@ -188,14 +209,33 @@ class GatewayProtocol(QuicConnectionProtocol):
         self._h3.send_headers(stream_id, headers, end_stream=end_stream)
         self.transmit()
 
+    @property
+    def open_sessions(self) -> int:
+        """WebTransport sessions accepted on this connection and not yet ended."""
+        return sum(1 for session in self._sessions.values() if not session.ended)
+
+    def _refuse_session(self, stream_id: int) -> None:
+        """Answer a CONNECT over ``max_sessions_per_connection`` with 429 (and end the stream)."""
+        limit = self.gateway.config.core.limits.max_sessions_per_connection
+        self.gateway.counters["sessions_refused"] += 1  # skein_sessions_refused_total
+        log.debug(  # debug: a client could ask again and again; the counter is the signal
+            "session refused: too many sessions on one connection",
+            extra={"event": "session_refused", "cid": self.cid, "limit": limit},
+        )
+        self._send_headers(
+            stream_id,
+            429,
+            end_stream=True,
+            extra=[(b"content-type", b"text/plain")],
+        )
+
     def _refuse_stream(self, stream_id: int) -> None:
-        """Stop a stream the gateway has no use for (reset our side too if it is bidirectional,
-        unless the gateway finished it: a reset would discard its last frames, such as the
-        Error that says why the session ended, and the FIN)."""
+        """Stop a stream the gateway has no use for (reset our side too if it is bidirectional:
+        the gateway never writes on such a stream, so nothing of its own is lost)."""
         if closing(self._quic):  # qh3 refuses stream operations once the connection closes
             return
         self._quic.stop_stream(stream_id, _H3_NO_ERROR)
-        if not stream_id & 2 and stream_id not in self._finished:
+        if not stream_id & 2:
             self._quic.reset_stream(stream_id, _H3_NO_ERROR)
 
     def _hold_early(self, event: WebTransportStreamDataReceived) -> bool:
@@ -217,27 +257,36 @@ class GatewayProtocol(QuicConnectionProtocol):
         if session is None and event.session_id not in self._answered and self._hold_early(event):
             return
         unidirectional = bool(event.stream_id & 2)
-        if session is None or (unidirectional and event.stream_id != session.frame_stream_id):
+        if session is not None and event.stream_id == session.frame_stream_id:
+            self._on_frame_stream(session, event)
+            return
+        if (
+            session is None
+            or unidirectional
+            or session.frame_stream_id is not None
+            or session.ended
+        ):
             if session is None or event.stream_id not in session.extra_streams:
                 if session is not None:
                     session.extra_streams.add(event.stream_id)
                 self._refuse_stream(event.stream_id)
             return
-        if session.frame_stream_id is None:
-            session.frame_stream_id = event.stream_id
-            session.conn_id = self.gateway.session_opened(self, event.stream_id)
-            self._by_stream[event.stream_id] = session
-        elif event.stream_id != session.frame_stream_id:
-            if event.stream_id not in session.extra_streams:
-                session.extra_streams.add(event.stream_id)
-                self._refuse_stream(event.stream_id)
-            return
-        assert session.conn_id is not None
-        if event.data:
+        session.frame_stream_id = event.stream_id
+        self._by_stream[event.stream_id] = session
+        session.conn_id = self.gateway.session_opened(self, event.stream_id)
+        self._on_frame_stream(session, event)
+
+    def _on_frame_stream(self, session: _WtSession, event: WebTransportStreamDataReceived) -> None:
+        """Bytes (and perhaps the FIN) on a session's frame stream."""
+        if session.conn_id is not None and event.data:
             self.gateway.session_data(session.conn_id, event.data)
+        elif session.ended and event.data and not session.stopped and not event.stream_ended:
+            session.stopped = True  # the session is over: tell the client to stop writing
+            if not closing(self._quic):
+                self._quic.stop_stream(event.stream_id, _H3_NO_ERROR)
+                self.transmit()
         if event.stream_ended:
-            self.gateway.session_ended(session.conn_id, mid_stream=True)
-            self._forget(session)
+            self._client_ended(session, event.stream_id)
 
     # ---- called by the server -------------------------------------------------------------------
 
@@ -254,27 +303,47 @@ class GatewayProtocol(QuicConnectionProtocol):
     def finish_session(self, stream_id: int) -> None:
         """End a session the gateway closed: FIN its frame stream and its CONNECT stream."""
         session = self._by_stream.get(stream_id)
-        if session is None:
-            return
-        if send_stream_data(self._quic, stream_id, b"", end_stream=True):
-            self._finished[stream_id] = None
-            if len(self._finished) > _MAX_FINISHED_STREAMS:
-                del self._finished[next(iter(self._finished))]
-        self._end_session(session)
+        if session is not None:
+            self._end(session)
 
-    def _end_session(self, session: _WtSession) -> None:
-        if session.conn_id is not None:
-            self.gateway.session_ended(session.conn_id, mid_stream=False)
+    # ---- session endings ------------------------------------------------------------------------
+
+    def _client_ended(self, session: _WtSession, stream_id: int) -> None:
+        """The client FINned or reset one of the session's streams: the session is over (an
+        end inside a frame first earns an Error, the hub's call), and the record goes once
+        the client has ended both streams."""
+        session.client_ended.add(stream_id)
+        if session.conn_id is not None and stream_id == session.frame_stream_id:
+            self.gateway.session_ended(session.conn_id, mid_stream=True)  # may finish_session
+        self._end(session)
+        self._drop_if_done(session)
+
+    def _end(self, session: _WtSession) -> None:
+        """End the session (once): tell the server, FIN the gateway's side of its frame stream
+        and of its CONNECT stream, so that QUIC can let both go once the client ends its sides."""
+        if session.ended:
+            return
+        session.ended = True
+        conn_id, session.conn_id = session.conn_id, None
+        if conn_id is not None:
+            self.gateway.session_ended(conn_id, mid_stream=False)
+        if closing(self._quic):
+            return
+        if session.frame_stream_id is not None:
+            send_stream_data(self._quic, session.frame_stream_id, b"", end_stream=True)
         if self._h3 is not None:
             try:
                 self._h3.send_data(session.connect_stream_id, b"", end_stream=True)
-            except Exception:  # the stream may already be finished; nothing else to do
+            except Exception:  # the engine refuses a write after our FIN; nothing else to do
                 log.debug("CONNECT stream %d already closed", session.connect_stream_id)
-        self._forget(session)
         self.transmit()
 
-    def _forget(self, session: _WtSession) -> None:
-        self._sessions.pop(session.connect_stream_id, None)
+    def _drop_if_done(self, session: _WtSession) -> None:
+        """Forget an ended session once the client has ended each of its streams."""
+        streams = {session.connect_stream_id}
         if session.frame_stream_id is not None:
-            self._by_stream.pop(session.frame_stream_id, None)
-        session.conn_id = None
+            streams.add(session.frame_stream_id)
+        if session.ended and streams <= session.client_ended:
+            self._sessions.pop(session.connect_stream_id, None)
+            if session.frame_stream_id is not None:
+                self._by_stream.pop(session.frame_stream_id, None)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -63,10 +62,9 @@ class Durability:
         Returns how many rooms were restored. Raises StoreError if the store can't be opened.
         """
         store = await asyncio.to_thread(open_store, self.config)
-        patterns = hub.config.group_rooms
 
         def mode_of(room: str) -> str:  # as the hub decides a new room's mode
-            return "group" if any(fnmatch.fnmatchcase(room, p) for p in patterns) else "live"
+            return "group" if hub.config.is_group_room(room) else "live"
 
         rooms = await asyncio.to_thread(
             recover, store, dedupe_window=DEDUPE_WINDOW, mode_of=mode_of

@@ -1,0 +1,135 @@
+"""A bare WebTransport client for tests that need what the SDK never does: many sessions on one
+QUIC connection, each started and ended by hand (FIN or RESET_STREAM on each of its streams).
+
+It speaks exactly docs/protocol.md §1: a CONNECT (``:protocol webtransport``) per session, one
+client-initiated bidirectional stream per session for Skein frames. Frames the gateway sends are
+decoded per frame stream; nothing is answered automatically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.engine import (
+    H3_ALPN,
+    H3Connection,
+    HeadersReceived,
+    QuicConfiguration,
+    QuicConnectionProtocol,
+    QuicEvent,
+    StreamDataReceived,
+    quic_connect,
+    send_stream_data,
+)
+from gateway.wire import frames as f
+from gateway.wire.codec import decode_server_frame, encode_client_frame
+from gateway.wire.framing import FrameDecoder, delimit
+
+__all__ = ["WtClient", "WtSession", "wt_connect"]
+
+
+@dataclass(slots=True)
+class WtSession:
+    """One WebTransport session: its CONNECT stream, its frame stream and what arrived."""
+
+    connect_stream: int
+    frame_stream: int
+    status: asyncio.Future[int]
+    frames: asyncio.Queue[f.ServerFrame] = field(default_factory=asyncio.Queue)
+    decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(16 << 20))
+    ended_by_gateway: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class WtClient(QuicConnectionProtocol):
+    """A QUIC connection that opens WebTransport sessions on demand."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.h3 = H3Connection(self._quic, enable_webtransport=True)
+        self.sessions: dict[int, WtSession] = {}  # by frame stream
+        self._by_connect: dict[int, WtSession] = {}
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamDataReceived) and event.stream_id in self.sessions:
+            # Our own WebTransport stream: the client-side H3 would parse it as HTTP/3 frames.
+            session = self.sessions[event.stream_id]
+            for payload in session.decoder.feed(event.data):
+                session.frames.put_nowait(decode_server_frame(payload))
+            if event.end_stream:
+                session.ended_by_gateway.set()
+            return
+        for h3_event in self.h3.handle_event(event):
+            if isinstance(h3_event, HeadersReceived):
+                answered = self._by_connect.get(h3_event.stream_id)
+                if answered is not None and not answered.status.done():
+                    answered.status.set_result(int(dict(h3_event.headers)[b":status"]))
+
+    def open_session(self, hello: f.Hello | None = None, path: str = "/v1/chat") -> WtSession:
+        """Send a CONNECT, open the session's frame stream and (by default) say Hello on it."""
+        connect_stream = self._quic.get_next_available_stream_id()
+        self.h3.send_headers(
+            connect_stream,
+            [
+                (b":method", b"CONNECT"),
+                (b":protocol", b"webtransport"),
+                (b":scheme", b"https"),
+                (b":authority", b"localhost"),
+                (b":path", path.encode()),
+            ],
+        )
+        frame_stream = self.h3.create_webtransport_stream(connect_stream)
+        status: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        session = WtSession(connect_stream, frame_stream, status)
+        self.sessions[frame_stream] = session
+        self._by_connect[connect_stream] = session
+        self.send(session, hello if hello is not None else f.Hello(client_name="wt"))
+        return session
+
+    def send(self, session: WtSession, *frames: f.ClientFrame) -> None:
+        data = b"".join(delimit(encode_client_frame(frame)) for frame in frames)
+        send_stream_data(self._quic, session.frame_stream, data)
+        self.transmit()
+
+    async def next_frame(self, session: WtSession, timeout_s: float = 10.0) -> f.ServerFrame:
+        return await asyncio.wait_for(session.frames.get(), timeout_s)
+
+    def fin_frame_stream(self, session: WtSession) -> None:
+        """FIN the session's frame stream (the documented end of a session, with the next)."""
+        send_stream_data(self._quic, session.frame_stream, b"", end_stream=True)
+        self.transmit()
+
+    def fin_connect_stream(self, session: WtSession) -> None:
+        """FIN the session's CONNECT stream."""
+        self.h3.send_data(session.connect_stream, b"", end_stream=True)
+        self.transmit()
+
+    def end_by_reset(self, session: WtSession) -> None:
+        """End the session abruptly: RESET_STREAM on the frame stream, FIN on the CONNECT."""
+        self._quic.reset_stream(session.frame_stream, 0x10C)
+        self.h3.send_data(session.connect_stream, b"", end_stream=True)
+        self.transmit()
+
+
+@contextlib.asynccontextmanager
+async def wt_connect(address: tuple[str, int], ca_file: Path) -> AsyncIterator[WtClient]:
+    """A connected :class:`WtClient` to a gateway at ``address``."""
+    configuration = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=H3_ALPN,
+        server_name="localhost",
+        max_datagram_frame_size=65536,
+    )
+    configuration.verify_mode = ssl.CERT_REQUIRED
+    configuration.load_verify_locations(str(ca_file))
+    host, port = address
+    async with quic_connect(
+        host, port, configuration=configuration, create_protocol=WtClient
+    ) as client:
+        assert isinstance(client, WtClient)
+        yield client
