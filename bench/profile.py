@@ -308,15 +308,21 @@ async def _pyspy(pid: int, opts: Options, out: Path) -> None:
 
 @contextlib.asynccontextmanager
 async def _datagram_counter(pid: int) -> AsyncIterator[dict[str, int]]:
-    """Count the UDP datagrams the gateway sends and receives inside the block (its sendto and
-    recvfrom calls: one datagram each, in both engines) with ``perf stat`` on kernel tracepoints.
-    The dict is filled when the block ends; it stays empty where perf is missing or not allowed."""
+    """Count the gateway's UDP system calls inside the block with ``perf stat`` on kernel
+    tracepoints: ``recvfrom`` (one datagram each, both engines), ``sendto`` (one datagram each)
+    and ``sendmmsg`` (up to 1,024 datagrams each: the gateway batches a loop turn's sends, see
+    gateway/server/sendmany.py; its /metrics count the datagrams). The dict is filled when the
+    block ends; it stays empty where perf is missing or not allowed."""
     found: dict[str, int] = {}
     perf = shutil.which("perf")
     if perf is None:
         yield found
         return
-    events = {"sent": "syscalls:sys_enter_sendto", "received": "syscalls:sys_enter_recvfrom"}
+    events = {
+        "sendto": "syscalls:sys_enter_sendto",
+        "sendmmsg": "syscalls:sys_enter_sendmmsg",
+        "recvfrom (datagrams received)": "syscalls:sys_enter_recvfrom",
+    }
     proc = await asyncio.create_subprocess_exec(
         *(perf, "stat", "-x", ",", "-e", ",".join(events.values()), "-p", str(pid)),
         stdout=subprocess.DEVNULL,
@@ -447,7 +453,8 @@ def render(result: dict[str, Any], console: Console) -> None:
     datagrams = result["datagrams_per_delivery"]
     if datagrams:
         console.print(
-            "UDP datagrams per delivery: " + ", ".join(f"{v:.2f} {k}" for k, v in datagrams.items())
+            "UDP system calls per delivery: "
+            + ", ".join(f"{v:.2f} {k}" for k, v in datagrams.items())
         )
     console.print(
         f"shares from {result['profiler']}: {result['samples']:,.{digits}f} {unit} busy "

@@ -170,6 +170,8 @@ class _Idle:
     def udp_receive_queue(self) -> int:
         return 0
 
+    datagram_counts = (0, None, None)
+
 
 def test_every_family_is_documented_and_on_the_dashboard() -> None:
     families = exported_families()

@@ -62,3 +62,28 @@ async def test_datagrams_the_kernel_drops_are_counted(certs: CertPaths) -> None:
         assert server.udp_receive_queue() == 0
     finally:
         await server.close()
+
+
+async def test_datagrams_are_counted_and_sends_batched(certs: CertPaths) -> None:
+    from gateway.sdk.client import connect
+    from gateway.server.sendmany import batching_enabled
+    from tests.conftest import chat_url
+
+    server = GatewayServer(server_config(certs))
+    await server.start()
+    try:
+        async with connect(chat_url(server), ca_file=certs.ca_cert) as client:
+            await client.join("r")
+            for i in range(5):
+                await client.publish("r", b"m%d" % i)
+        families = await scrape(server)
+        received = families.value("skein_udp_datagrams_received_total")
+        assert received >= 10  # the handshake, the CONNECT, Hello, Join, publishes, ACKs
+        sent = families.value("skein_udp_datagrams_sent_total", what="datagrams")
+        calls = families.value("skein_udp_datagrams_sent_total", what="system_calls")
+        if batching_enabled():
+            assert sent >= 10 and 1 <= calls <= sent
+        else:
+            assert not families.has("skein_udp_datagrams_sent_total")
+    finally:
+        await server.close()

@@ -278,6 +278,18 @@ class GatewayServer:
         self._protocols.add(protocol)
 
     @property
+    def datagram_counts(self) -> tuple[int, int | None, int | None]:
+        """UDP datagrams received, and datagrams sent and the system calls that sent them (None
+        when sends are not batched: SKEIN_SENDMMSG=0 or no extension, one sendto each)."""
+        server = self._server
+        if server is None:
+            return 0, None, None
+        batching = server.batching
+        if batching is None:
+            return server.datagrams_received, None, None
+        return server.datagrams_received, batching.datagrams, batching.flushes
+
+    @property
     def admissions(self) -> collections.Counter[str]:
         """New connections' first Initials by outcome: accepted, retried, dropped."""
         return self._server.admissions if self._server is not None else collections.Counter()

@@ -81,6 +81,7 @@ class Listener(QuicServer):
         self._decided: OrderedDict[tuple[bytes, bool], tuple[Admission, float]] = OrderedDict()
         self.buffers = BufferSizes(0, 0, 0)  # set by listen() once the socket exists
         self.batching: BatchingTransport | None = None  # None: one sendto per datagram
+        self.datagrams_received = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the socket's transport, wrapped in a BatchingTransport unless batching is off:
@@ -91,6 +92,7 @@ class Listener(QuicServer):
             self._transport = self.batching
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
+        self.datagrams_received += 1
         batching = self.batching
         if batching is None:
             self._receive(data, addr)

@@ -165,6 +165,22 @@ class GatewayCollector:
             "yet: near 0 while it keeps up; growing, it is a delay no other metric shows.",
             server.udp_receive_queue(),
         )
+        received, sent, send_calls = server.datagram_counts
+        yield _counter(
+            "skein_udp_datagrams_received_total",
+            "UDP datagrams the gateway read (in a hot room mostly the subscribers' ACKs).",
+            received,
+        )
+        sent_family = CounterMetricFamily(
+            "skein_udp_datagrams_sent_total",
+            "UDP datagrams the gateway sent, and the sendmmsg calls that sent them (no sample "
+            "when sends are not batched: one sendto each).",
+            labels=["what"],
+        )
+        if sent is not None and send_calls is not None:
+            sent_family.add_metric(["datagrams"], sent)
+            sent_family.add_metric(["system_calls"], send_calls)
+        yield sent_family
         buffers = server.udp_buffers
         yield _gauge(
             "skein_udp_receive_buffer_bytes",
