@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import socket
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, cast
@@ -42,6 +44,8 @@ ADMISSION_OUTCOMES = ("accepted", "retried", "dropped")
 # destination id before any connection exists: one decision covers them, counted once.
 _DECISION_REUSE_S = 0.25
 _DECISIONS_KEPT = 4096
+_DRAIN_MAX = 64  # datagrams read in one callback besides the one asyncio hands over
+_MAX_DATAGRAM = 65535
 _MIN_INITIAL_BYTES = 1200  # RFC 9000 14.1: a client's first Initial is padded to at least this
 _QUIC_V1 = 0x00000001
 _QUIC_V2 = 0x6B3343CF
@@ -82,6 +86,7 @@ class Listener(QuicServer):
         self.buffers = BufferSizes(0, 0, 0)  # set by listen() once the socket exists
         self.batching: BatchingTransport | None = None  # None: one sendto per datagram
         self.datagrams_received = 0
+        self._reader: socket.socket | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the socket's transport, wrapped in a BatchingTransport unless batching is off:
@@ -90,6 +95,17 @@ class Listener(QuicServer):
         if batching_enabled():
             self.batching = BatchingTransport(cast(asyncio.DatagramTransport, transport))
             self._transport = self.batching
+        if os.environ.get("SKEIN_RECV_DRAIN", "1") != "0":
+            # A second handle on the same socket (same open file, non-blocking) to read what
+            # waits without a loop turn per datagram; closed with the transport.
+            fd = transport.get_extra_info("socket").fileno()
+            self._reader = socket.socket(fileno=os.dup(fd))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        super().connection_lost(exc)
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
         self.datagrams_received += 1
@@ -102,8 +118,27 @@ class Listener(QuicServer):
         batching.hold()
         try:
             self._receive(data, addr)
+            self._drain()
         finally:
             batching.release()
+
+    def _drain(self) -> None:
+        """Handle up to ``_DRAIN_MAX`` more datagrams already waiting on the socket in this
+        callback: asyncio reads one datagram per event-loop turn, and a fan-out's ACKs arrive
+        by the hundred. Bounded, so timers and other work still get their turn."""
+        reader = self._reader
+        if reader is None:
+            return
+        for _ in range(_DRAIN_MAX):
+            try:
+                data, addr = reader.recvfrom(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP error: reported as asyncio would
+                self.error_received(exc)
+                return
+            self.datagrams_received += 1
+            self._receive(data, addr)
 
     def _receive(self, data: bytes | str, addr: NetworkAddress) -> None:
         initial = parse_initial(data) if len(data) >= _MIN_INITIAL_BYTES else None  # type: ignore[arg-type]
