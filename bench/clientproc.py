@@ -14,25 +14,29 @@ import asyncio
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, MutableSequence, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from loadgen.payload import Payload, decode_body, encode_body
 from loadgen.stats import encode, new_histogram, record_us
 
 __all__ = [
+    "ClientProcess",
     "Command",
     "Paced",
     "Tally",
+    "await_line",
     "body",
     "missing_rooms",
     "record_latency",
     "room_names",
     "serve",
+    "serve_process",
 ]
 
 Command = Callable[..., Awaitable[dict[str, Any]]]
@@ -134,6 +138,58 @@ class Paced:
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
+
+
+class ClientProcess(Protocol):
+    """What a client process (a Skein swarm or a NATS swarm) answers on its command line."""
+
+    @property
+    def open(self) -> Command: ...
+    @property
+    def reset(self) -> Command: ...
+    @property
+    def snap(self) -> Command: ...
+    @property
+    def close(self) -> Command: ...
+    @property
+    def publish(self) -> Command: ...
+    @property
+    def stop(self) -> Command: ...
+
+
+async def serve_process(swarm: ClientProcess) -> None:
+    """Answer the fleet's commands (open, reset, snap, close, publish, stop) from stdin until it
+    ends, then close ``swarm``."""
+    commands: dict[str, Command] = {
+        "open": swarm.open,
+        "reset": swarm.reset,
+        "snap": swarm.snap,
+        "close": swarm.close,
+        "publish": swarm.publish,
+        "stop": swarm.stop,
+    }
+    await serve(commands, swarm.close)
+
+
+def await_line(
+    proc: subprocess.Popen[str],
+    output: MutableSequence[str],
+    marker: str,
+    what: str,
+    timeout_s: float,
+) -> None:
+    """Read ``proc``'s output into ``output`` until a line holds ``marker``. Raises RuntimeError
+    (with the last output) if ``what`` exits first or does not get there within ``timeout_s``."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        output.append(line)
+        if marker in line:
+            return
+        if not line and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{''.join(output)}")
+    raise RuntimeError(f"{what} did not start in time:\n{''.join(output)}")
 
 
 async def serve(commands: dict[str, Command], on_exit: Callable[[], Awaitable[Any]]) -> None:

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.clientproc import await_line
 from bench.common import udp_drops
 from gateway.server.certs import CertPaths, ensure_dev_certs
 
@@ -170,20 +170,6 @@ def _command(port: int, config: Path, certs: CertPaths, engine: str, admin_port:
     ]
 
 
-def _await_serving(gw: RunningGateway, timeout_s: float) -> None:
-    proc = gw.process
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        gw.output.append(line)
-        if "serving HTTP/3" in line:
-            return
-        if not line and proc.poll() is not None:
-            raise RuntimeError(f"the gateway exited with {proc.returncode}:\n{gw.last_output()}")
-    raise RuntimeError(f"the gateway did not start in time:\n{gw.last_output()}")
-
-
 @contextlib.contextmanager
 def gateway_process(
     config_toml: str = "",
@@ -214,7 +200,7 @@ def gateway_process(
     )
     gw = RunningGateway(proc, port, certs, engine, admin_port)
     try:
-        _await_serving(gw, timeout_s)
+        await_line(proc, gw.output, "serving HTTP/3", "the gateway", timeout_s)
         threading.Thread(target=_drain, args=(gw,), daemon=True).start()
         yield gw
     finally:

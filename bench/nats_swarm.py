@@ -31,8 +31,15 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from bench.clientproc import Command, Paced, Tally, body, missing_rooms, record_latency, room_names
-from bench.clientproc import serve as serve_commands
+from bench.clientproc import (
+    Paced,
+    Tally,
+    body,
+    missing_rooms,
+    record_latency,
+    room_names,
+    serve_process,
+)
 
 __all__ = ["NatsSwarm", "main"]
 
@@ -221,20 +228,8 @@ class _Echo:
         self.count += 1
 
 
-def _commands(swarm: NatsSwarm) -> dict[str, Command]:
-    return {
-        "open": swarm.open,
-        "reset": swarm.reset,
-        "snap": swarm.snap,
-        "close": swarm.close,
-        "publish": swarm.publish,
-        "stop": swarm.stop,
-    }
-
-
 async def main() -> None:
-    swarm = NatsSwarm()
-    await serve_commands(_commands(swarm), swarm.close)
+    await serve_process(NatsSwarm())
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import psutil
 
+from bench.clientproc import await_line
 from bench.gateway import free_tcp_port
 
 __all__ = ["MissingPeer", "RunningNats", "nats_process", "nats_server_binary"]
@@ -127,20 +127,6 @@ def _drain(nats: RunningNats) -> None:
             nats.errors_logged += 1
 
 
-def _await_ready(nats: RunningNats, timeout_s: float) -> None:
-    proc = nats.process
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        nats.output.append(line)
-        if "Server is ready" in line:
-            return
-        if not line and proc.poll() is not None:
-            raise RuntimeError(f"nats-server exited with {proc.returncode}:\n{nats.last_output()}")
-    raise RuntimeError(f"nats-server did not start in time:\n{nats.last_output()}")
-
-
 @contextlib.contextmanager
 def nats_process(timeout_s: float = 15.0) -> Iterator[RunningNats]:
     """Start ``nats-server`` on free loopback ports (client and monitoring), with its defaults
@@ -156,7 +142,7 @@ def nats_process(timeout_s: float = 15.0) -> Iterator[RunningNats]:
     )
     nats = RunningNats(proc, port, monitor_port)
     try:
-        _await_ready(nats, timeout_s)
+        await_line(nats.process, nats.output, "Server is ready", "nats-server", timeout_s)
         threading.Thread(target=_drain, args=(nats,), daemon=True).start()
         yield nats
     finally:

@@ -40,8 +40,15 @@ from urllib.parse import urlsplit
 
 import lz4.block
 
-from bench.clientproc import Command, Paced, Tally, body, missing_rooms, record_latency, room_names
-from bench.clientproc import serve as serve_commands
+from bench.clientproc import (
+    Paced,
+    Tally,
+    body,
+    missing_rooms,
+    record_latency,
+    room_names,
+    serve_process,
+)
 from bench.common import udp_drops
 from gateway.engine import (
     H3_ALPN,
@@ -403,20 +410,8 @@ class Publisher:
         self.schedule = Paced(rate_hz * len(rooms), emit)
 
 
-def _commands(swarm: Swarm) -> dict[str, Command]:
-    return {
-        "open": swarm.open,
-        "reset": swarm.reset,
-        "snap": swarm.snap,
-        "close": swarm.close,
-        "publish": swarm.publish,
-        "stop": swarm.stop,
-    }
-
-
 async def main() -> None:
-    swarm = Swarm()
-    await serve_commands(_commands(swarm), swarm.close)
+    await serve_process(Swarm())
 
 
 if __name__ == "__main__":
