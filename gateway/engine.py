@@ -7,9 +7,11 @@ is imported, by the ``SKEIN_QUIC_ENGINE`` environment variable (``aioquic`` or `
 speak the same QUIC.
 
 Where the two engines differ, the difference is a function here (:func:`peer_address`,
-:func:`unacked_bytes`, :func:`closing`, :func:`send_stream_data`) or a fix to qh3 that makes it
-behave as aioquic does (:class:`QuicConnectionProtocol`'s ``close()``, the anti-amplification
-flight, clean closes logged as warnings), so no other module reads an engine's private state.
+:func:`unacked_bytes`, :func:`connection_unacked_bytes`, :func:`reset_stream`, :func:`closing`,
+:func:`send_stream_data`, :func:`h3_buffered_bytes`, :func:`h3_discard_stream`) or a fix to qh3
+that makes it behave as aioquic does (:class:`QuicConnectionProtocol`'s ``close()``, the
+anti-amplification flight, clean closes logged as warnings), so no other module reads an engine's
+private state.
 """
 
 from __future__ import annotations
@@ -39,15 +41,20 @@ __all__ = [
     "QuicEvent",
     "QuicServer",
     "SessionTicket",
+    "StopSendingReceived",
     "StreamDataReceived",
     "StreamReset",
     "WebTransportStreamDataReceived",
     "acknowledge_every_second_packet",
     "close_reason",
     "closing",
+    "connection_unacked_bytes",
     "engine_version",
+    "h3_buffered_bytes",
+    "h3_discard_stream",
     "peer_address",
     "quic_connect",
+    "reset_stream",
     "send_stream_data",
     "serve",
     "unacked_bytes",
@@ -83,6 +90,7 @@ if TYPE_CHECKING or ENGINE == "aioquic":
         HandshakeCompleted,
         ProtocolNegotiated,
         QuicEvent,
+        StopSendingReceived,
         StreamDataReceived,
         StreamReset,
     )
@@ -109,6 +117,7 @@ else:  # pragma: no cover - exercised with SKEIN_QUIC_ENGINE=qh3
         HandshakeCompleted,
         ProtocolNegotiated,
         QuicEvent,
+        StopSendingReceived,
         StreamDataReceived,
         StreamReset,
     )
@@ -279,7 +288,7 @@ def send_stream_data(quic: Any, stream_id: int, data: bytes, end_stream: bool = 
     return True
 
 
-def unacked_bytes(quic: Any, stream_id: int) -> int:
+def unacked_bytes(quic: Any, stream_id: int, *, in_flight: bool = True) -> int:
     """Bytes written to a stream and not yet acknowledged by the peer (queued or in flight): the
     connection's backlog, which send budgets are measured against.
 
@@ -289,7 +298,8 @@ def unacked_bytes(quic: Any, stream_id: int) -> int:
     packet overhead and other streams' in-flight data (a gateway connection's H3 control and
     QPACK streams: a few hundred bytes), and misses stream bytes declared lost and not yet
     retransmitted (at most a congestion window; qh3 re-sends them on the next transmit the
-    congestion window allows).
+    congestion window allows). With ``in_flight=False`` qh3 counts only the stream's never-sent
+    bytes: a lower bound, but one that is 0 once the peer has everything.
     """
     if ENGINE == "aioquic":
         stream = quic._streams.get(stream_id)
@@ -298,6 +308,86 @@ def unacked_bytes(quic: Any, stream_id: int) -> int:
         sender = stream.sender
         return int(sender._buffer_stop - sender._buffer_start)
     core = quic._core
-    if core is None:
+    if core is None or not in_flight:
         return int(quic.get_send_buffer_size(stream_id))
     return int(quic.get_send_buffer_size(stream_id)) + int(core.bytes_in_flight)
+
+
+def connection_unacked_bytes(quic: Any, stream_ids: set[int]) -> int:
+    """Bytes written to the connection's streams and not yet acknowledged by the peer (queued or
+    in flight): the whole connection's backlog, which one per-connection budget is measured
+    against. ``stream_ids`` names the streams the caller writes to; on aioquic those are summed
+    (exactly, as :func:`unacked_bytes`) and the ones the engine has discarded (every byte and
+    the end acknowledged) are removed from the set. qh3 counts every stream itself: its
+    never-sent bytes of all streams plus the connection's bytes in flight (an estimate, as in
+    :func:`unacked_bytes`); there the set is left alone."""
+    if ENGINE == "aioquic":
+        total = 0
+        gone: list[int] = []
+        streams = quic._streams
+        for stream_id in stream_ids:
+            stream = streams.get(stream_id)
+            if stream is None:
+                gone.append(stream_id)
+                continue
+            sender = stream.sender
+            if sender._reset_error_code is None:  # a reset stream sends nothing more
+                total += sender._buffer_stop - sender._buffer_start
+        if gone:
+            stream_ids.difference_update(gone)
+        return int(total)
+    if closing(quic):
+        return 0
+    core = quic._core
+    if core is None:
+        return int(quic.get_send_buffer_size())
+    return int(quic.get_send_buffer_size()) + int(core.bytes_in_flight)
+
+
+def reset_stream(quic: Any, stream_id: int, error_code: int) -> None:
+    """Reset our sending side of a stream (RESET_STREAM) and drop whatever it still buffers, so a
+    peer that does not read stops costing memory at once. Does nothing on a closing connection or
+    a stream the engine has already let go.
+
+    qh3 drops a reset stream's buffer itself. aioquic keeps the sender's buffer until the peer
+    has acknowledged the reset and ended its own side (never, for a peer that reads nothing), and
+    counts it as unacknowledged; here it is emptied: after a reset aioquic neither sends nor
+    re-sends stream data, only the RESET_STREAM frame, whose final size it keeps apart."""
+    if closing(quic):
+        return
+    try:
+        quic.reset_stream(stream_id, error_code)
+    except (ValueError, RuntimeError, _QuicConnectionError):  # discarded, or not ours to reset
+        return
+    if ENGINE == "aioquic":
+        stream = quic._streams.get(stream_id)
+        if stream is not None and stream.sender._reset_error_code is not None:
+            sender = stream.sender
+            sender._buffer = bytearray()
+            sender._buffer_start = sender._buffer_stop
+            sender._pending = type(sender._pending)()
+            sender._acked = type(sender._acked)()
+
+
+def h3_buffered_bytes(h3: Any, stream_id: int) -> int:
+    """Bytes the HTTP/3 layer holds for a stream, waiting for the rest of a frame (a HEADERS or
+    SETTINGS frame is parsed only once whole). The same attribute in both engines."""
+    stream = h3._stream.get(stream_id)
+    return 0 if stream is None else len(stream.buffer)
+
+
+def h3_discard_stream(h3: Any, stream_id: int) -> None:
+    """Make the HTTP/3 layer forget a request stream the gateway has refused (reset and stopped):
+    its partial frame goes, and nothing of it is ever reported. The caller must not hand the
+    layer more events of that stream. A stream whose headers wait for the QPACK encoder stream is
+    kept (the decoder names it), with its buffer emptied."""
+    stream = h3._stream.get(stream_id)
+    if stream is None:
+        return
+    if stream.blocked:
+        stream.buffer = type(stream.buffer)()
+        return
+    del h3._stream[stream_id]
+    blocked = getattr(h3, "_blocked_stream_map", None)  # qh3 only
+    if blocked is not None:
+        blocked.pop(stream_id, None)

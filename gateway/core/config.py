@@ -59,11 +59,15 @@ class CoreConfig:
     - ``max_fetch_messages``: the most messages one Fetch returns (clients fetch again for more).
     - ``max_errors_per_session``: protocol errors a client may make before it is disconnected.
     - ``node_id``: a short name for this gateway, used in session ids (1-64 of A-Z a-z 0-9 _ . : -).
-    - ``send_budget_bytes``: how much may wait (queued or unacknowledged) for one connection
-      before it is served less: chatter is shed above the budget, normal messages too above twice
-      it; high-priority messages are never shed.
-    - ``slow_consumer_s``: a connection over budget this long is disconnected (SLOW_CONSUMER).
-    - ``max_backlog_bytes``: over this a connection is disconnected at once.
+    - ``send_budget_bytes``: how much may wait (queued or unacknowledged) for one QUIC
+      connection, all its sessions and HTTP/3 responses together, before it is served less:
+      chatter is shed above the budget, normal messages too above twice it; high-priority
+      messages are never shed. Replays and fetch answers go out only while the connection is
+      under half of it, in pieces of at most half of it (:mod:`gateway.core.pacing`).
+    - ``slow_consumer_s``: a connection over budget this long is disconnected (SLOW_CONSUMER);
+      so is a session whose replay could not move (its connection never got under half the
+      budget) this long.
+    - ``max_backlog_bytes``: over this a connection's sessions are disconnected at once.
     - ``group_rooms``: a tuple (in TOML a list) of glob patterns of room names in ``group`` mode
       (every message reliable: stored before it is acked and fanned out); other rooms are
       ``live`` (only HIGH messages take the reliable path).

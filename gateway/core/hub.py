@@ -13,6 +13,10 @@ batching starts only while messages come faster than the tick. Each batch become
 frame, encoded once (and lz4-compressed once for the clients that asked), and the same bytes go to
 every subscriber, in an order that rotates from batch to batch so no subscriber is always last.
 
+Backpressure: one send budget per QUIC connection, measured by the server over all its streams
+(:meth:`Hub.report_backlog`); fan-out sheds over it, and join replays and fetch answers go out
+only as the connection reads (:mod:`gateway.core.pacing`).
+
 Limits: each session's Join, Publish and Fetch rates and its violations are charged to its QUIC
 connection (the ``connection`` key given to :meth:`Hub.connect`) and to its principal, shared with
 every other session of either (:mod:`gateway.core.principals`). Nothing a client sends raises past
@@ -29,7 +33,6 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from gateway.core.auth import Authenticator, Principal, check_client_name
-from gateway.core.batching import MAX_BATCH_BYTES, batches, capped
 from gateway.core.boundary import Unexpected
 from gateway.core.config import CoreConfig
 from gateway.core.fanout import PRIORITY_NAMES, fan_out_shared, fan_out_shedding
@@ -43,6 +46,7 @@ from gateway.core.outputs import (
     Send,
     StoreRead,
 )
+from gateway.core.pacing import Pacer
 from gateway.core.principals import Allowances, charge
 from gateway.core.room import Room, RoomMode
 from gateway.core.session import Session, State
@@ -51,12 +55,7 @@ from gateway.core.sharder import make_policy
 from gateway.core.stats import HubStats
 from gateway.errors import ErrorCode, GatewayError, Rejected, RemoteProtocolError
 from gateway.wire import frames as f
-from gateway.wire.codec import (
-    decode_client_frame,
-    deliver_frame,
-    encode_deliver,
-    encode_server_frame,
-)
+from gateway.wire.codec import decode_client_frame, encode_server_frame
 from gateway.wire.framing import delimit
 
 __all__ = [
@@ -104,6 +103,7 @@ class Hub:
             f.Priority.HIGH: float("-inf"),
         }
         self._tick_s = self.config.tick_ms / 1000.0
+        self._watch_s = max(self._tick_s, 0.001)  # how often watched connections are measured
         self.stats = HubStats()
         self._sessions: dict[int, Session] = {}
         self._rooms: dict[str, Room] = {}
@@ -130,6 +130,8 @@ class Hub:
         self._by_connection: Allowances[Hashable] = Allowances(limits, limits.max_connections)
         self._by_principal: Allowances[str] = Allowances(limits, limits.max_connections)
         self._unexpected = Unexpected()
+        # One send budget per QUIC connection; replays and fetches paced by it (core/pacing.py).
+        self._pacer = Pacer(self.config, self._rooms, self._emit, self.stats, durable=self.durable)
         self._handlers: dict[type[f.ClientFrame], Callable[[Session, Any, float], None]] = {
             f.Hello: self._on_hello,
             f.Join: self._on_join,
@@ -152,13 +154,15 @@ class Hub:
             raise ValueError(f"connection {conn_id} already has a session")
         session_id = f"{self.config.node_id}-{conn_id:x}"
         key = ("session", session_id) if connection is None else connection
-        self._sessions[conn_id] = Session(
+        session = Session(
             conn_id,
             session_id,
             max_frame_bytes=self.config.max_frame_bytes,
             connection=key,
             allowances=(self._by_connection.acquire(key),),
         )
+        self._sessions[conn_id] = session
+        self._pacer.attach(session)
         self.stats.sessions_opened += 1
 
     def connection_closed(self, connection: Hashable) -> None:
@@ -225,6 +229,7 @@ class Hub:
         self.stats.sessions_closed += 1
         session.state = State.CLOSED
         self._congested.pop(conn_id, None)
+        self._pacer.detach(session)
         self._by_connection.release(session.connection, now)
         if len(session.allowances) > 1 and session.principal is not None:
             self._by_principal.release(session.principal.sub, now)
@@ -237,17 +242,21 @@ class Hub:
 
     # ---- timers and outputs ---------------------------------------------------------------------
 
-    def report_backlog(self, conn_id: int, queued_bytes: int, now: float) -> None:
-        """The server's measure of what waits on a connection (queued or unacknowledged).
+    def report_backlog(self, conn_id: int, queued_bytes: int, now: float) -> bool:
+        """The server's measure of what waits on the session's QUIC connection (queued or
+        unacknowledged, on every stream of it: one budget per connection, shared by its
+        sessions and its HTTP/3 responses).
 
         Call it after writing to a connection when it is at or over ``send_budget_bytes``, and
-        for every connection in :meth:`congested` before :meth:`handle_timer`. Over
-        ``max_backlog_bytes`` the session is closed at once (SLOW_CONSUMER).
+        for every session in :meth:`watched` before :meth:`handle_timer`. Over
+        ``max_backlog_bytes`` the session is closed at once (SLOW_CONSUMER): then it returns
+        True, and nothing more should be written to it.
         """
         session = self._sessions.get(conn_id)
         if session is None:
-            return
+            return False
         session.backlog = queued_bytes
+        self._pacer.measured(session, queued_bytes)
         budget = self.config.send_budget_bytes
         if queued_bytes > self.config.max_backlog_bytes:
             self._fail(
@@ -259,16 +268,46 @@ class Hub:
                     fatal=True,
                 ),
             )
-        elif queued_bytes >= budget:
+            return True
+        if queued_bytes >= budget:
             self._congested.setdefault(conn_id, now)
-            if self._watch_at is None:
-                self._watch_at = now + self._tick_s
+            self._watch(now)
         elif queued_bytes < budget // 2:
             self._congested.pop(conn_id, None)
+        return False
+
+    def store_read_done(self, conn_id: int, nbytes: int, queued_bytes: int, now: float) -> None:
+        """The server wrote the answer to the session's StoreRead (``nbytes`` long; 0 if it
+        failed or the session is gone) and then measured its connection (``queued_bytes``).
+        Call it once per StoreRead, whatever became of it: the connection's next store read
+        waits for it."""
+        link = self._pacer.store_read_done(conn_id, nbytes)
+        if conn_id in self._sessions:  # else nothing was sent or measured
+            self.report_backlog(conn_id, queued_bytes, now)
+        if link is not None:
+            self._pacer.drain_link(link, now)
+            if self._pacer.waiting:
+                self._watch(now)
 
     def congested(self) -> list[int]:
-        """Connections over their send budget: the server reports their backlog each tick."""
+        """Connections over their send budget."""
         return list(self._congested)
+
+    def watched(self) -> list[int]:
+        """Sessions whose connection's backlog the server must report before each
+        :meth:`handle_timer`: those over their send budget, and those with a replay still to
+        send (it goes on as the connection reads)."""
+        if not self._pacer.waiting:
+            return list(self._congested)
+        return list(dict.fromkeys([*self._congested, *self._pacer.watched()]))
+
+    def _watch(self, now: float) -> None:
+        """Look at watched connections again a tick from now (if not already due)."""
+        if self._watch_at is None:
+            self._watch_at = now + self._watch_s
+
+    def _emit(self, output: Output) -> None:
+        self._outputs.append(output)
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should next run, or None when nothing is waiting."""
@@ -299,8 +338,22 @@ class Hub:
                     ),
                 )
         self._close_expired(now)
+        pacer = self._pacer
+        if pacer.waiting:
+            pacer.drain_all(now)  # the server has just measured their connections
+            for session in pacer.stalled(now):
+                self._fail(
+                    session,
+                    Rejected(
+                        f"what it asked for (a replay) has waited unread for {limit:.0f} s: "
+                        "disconnected as a slow consumer",
+                        code=ErrorCode.SLOW_CONSUMER,
+                        fatal=True,
+                    ),
+                )
         if self._watch_at is not None and now >= self._watch_at:
-            self._watch_at = now + self._tick_s if self._congested else None
+            watching = self._congested or pacer.waiting
+            self._watch_at = now + self._watch_s if watching else None
         if self._flush_at is not None and now >= self._flush_at:
             self._flush_due(now)
         heap, due = self._check_heap, []
@@ -379,13 +432,14 @@ class Hub:
 
     @property
     def send_queue_bytes(self) -> int:
-        """Bytes waiting on every session's connection, as last reported to report_backlog."""
-        return sum(s.backlog for s in self._sessions.values())
+        """Bytes waiting on every connection with a session: as last reported to
+        report_backlog, plus the replay and fetch answers released since."""
+        return sum(link.backlog for link in self._pacer.links.values())
 
     @property
     def send_queue_max_bytes(self) -> int:
-        """The largest one connection's backlog, as last reported (0 with no sessions)."""
-        return max((s.backlog for s in self._sessions.values()), default=0)
+        """The largest one connection's backlog, likewise (0 with no sessions)."""
+        return max((link.backlog for link in self._pacer.links.values()), default=0)
 
     # ---- frame handlers -------------------------------------------------------------------------
 
@@ -470,15 +524,14 @@ class Hub:
             )
         charge(session.allowances, "join", now, frame.request_id)
         room = self._room_for_join(frame.room, frame.request_id, now)
-        replay: list[bytes] = []
+        held: list[tuple[int, int, int]] = []
         missed = 0
         older: list[tuple[int, int, int]] = []
         if frame.cursor is not None:
-            replay, older = room.replay(frame.cursor)
+            held, older = room.replay_ranges(frame.cursor)
             if not self.durable:
                 missed = sum(to - lo + 1 for _, lo, to in older)
                 older = []
-            self.stats.replayed += len(replay)
             self.stats.resumes += 1
         room.subscribers.add(session.conn_id)
         session.rooms.add(frame.room)
@@ -486,14 +539,15 @@ class Hub:
             frame.request_id, room.name, room.shard_maps, missed, room.frontier(), room.incarnation
         )
         self._send_frame(session, joined)
-        for shard_id, lo, to in older:  # from the store first: the client orders them anyway
-            self._outputs.append(StoreRead(session.conn_id, room.name, shard_id, lo, to, 0))
-        for batch in batches(replay, MAX_BATCH_BYTES):
-            data = delimit(deliver_frame(encode_deliver(room.name, batch)))
-            self._outputs.append(Send((session.conn_id,), data))
+        # The replay (the store's part first: the client orders them anyway) goes out in pieces
+        # as the connection reads, within its send budget.
+        self._pacer.replay(session, room.name, older, held, now)
+        if self._pacer.waiting:
+            self._watch(now)
 
     def _on_leave(self, session: Session, frame: f.Leave, now: float) -> None:
         session.rooms.discard(frame.room)
+        self._pacer.forget_room(session, frame.room)
         room = self._rooms.get(frame.room)
         if room is not None:
             room.subscribers.discard(session.conn_id)
@@ -665,6 +719,8 @@ class Hub:
             self._flush_at = due
 
     def _on_fetch(self, session: Session, frame: f.Fetch, now: float) -> None:
+        """Answer from the shard log, or the store for what the log no longer holds; only while
+        the connection has room in its send budget (else RATE_LIMITED: core/pacing.py)."""
         room = self._joined_room(session, frame.room, frame.request_id)
         charge(session.allowances, "fetch", now, frame.request_id)
         try:
@@ -678,29 +734,7 @@ class Hub:
                 code=ErrorCode.OUT_OF_RANGE,
                 request_id=frame.request_id,
             )
-        if self.durable and frame.from_seq < shard.first_seq:
-            low_to = min(
-                frame.to_seq,
-                shard.first_seq - 1,
-                frame.from_seq + self.config.max_fetch_messages - 1,
-            )
-            self._outputs.append(
-                StoreRead(
-                    session.conn_id, room.name, shard.id, frame.from_seq, low_to, frame.request_id
-                )
-            )
-            self.stats.fetches += 1
-            if frame.to_seq < shard.first_seq or shard.first_seq > shard.last_seq:
-                return
-        start = max(frame.from_seq, shard.first_seq)
-        to_seq = min(frame.to_seq, start + self.config.max_fetch_messages - 1)
-        entries = capped(shard.entries(start, to_seq), MAX_BATCH_BYTES)
-        self.stats.fetches += 1
-        first = shard.first_seq if frame.from_seq < shard.first_seq and not self.durable else 0
-        fetched = f.Fetched(
-            frame.request_id, room.name, shard.id, tuple(e.message for e in entries), first
-        )
-        self._send_frame(session, fetched)
+        self._pacer.fetch(session, room.name, shard, frame)
 
     def _on_ping(self, session: Session, frame: f.Ping, now: float) -> None:
         self._send_frame(session, f.Pong(frame.nonce))

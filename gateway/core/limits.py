@@ -292,6 +292,20 @@ class LimitsConfig:
       connection; a CONNECT beyond it is answered HTTP 429. (The ``*_per_connection`` buckets
       and the violation count are shared by all sessions of a QUIC connection, and again by all
       sessions of one principal: see :mod:`gateway.core.principals`.)
+    - ``history_rate_per_connection_per_s`` / ``history_burst_per_connection``: history pages
+      (``GET /v1/rooms/{room}/messages``) per QUIC connection; over it, HTTP 429 with
+      ``retry-after``. A page is also refused (429) while another is being read for the same
+      connection, or while the connection has ``send_budget_bytes`` or more unread.
+    - ``max_request_header_bytes``: the most an HTTP/3 request stream may send before its
+      request is whole (a HEADERS frame declared larger, or that many bytes with no request
+      yet), and the most the HTTP/3 layer may hold of any one stream's unfinished frame; over
+      it the stream is reset with H3_EXCESSIVE_LOAD (the connection closed, for a control
+      stream).
+    - ``request_deadline_s``: how long a request stream may take, from its first byte, to
+      deliver a whole request; then it is reset with H3_REQUEST_REJECTED.
+    - ``unread_grace_s``: how long a session the gateway ended keeps what it had queued and
+      the client has not acknowledged (its last frames, the Error, the FIN); after that the
+      stream is reset and the bytes dropped, and a connection with no session left is closed.
     """
 
     max_connections: int = 10_000
@@ -309,6 +323,11 @@ class LimitsConfig:
     retry: str = "auto"
     violations_before_close: int = 10
     max_sessions_per_connection: int = 8
+    history_rate_per_connection_per_s: float = 5.0
+    history_burst_per_connection: float = 20.0
+    max_request_header_bytes: int = 16 * 1024
+    request_deadline_s: float = 10.0
+    unread_grace_s: float = 10.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -320,11 +339,22 @@ class LimitsConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        value = self.max_request_header_bytes
+        if isinstance(value, bool) or not isinstance(value, int) or not 1024 <= value <= 1 << 20:
+            raise ValueError(
+                f"max_request_header_bytes must be an integer 1024..1048576, got {value!r}"
+            )
+        for name in ("request_deadline_s", "unread_grace_s"):
+            value = getattr(self, name)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not (number and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         for rate, burst in (
             ("publish_rate_per_connection_per_s", "publish_burst_per_connection"),
             ("publish_rate_per_room_per_s", "publish_burst_per_room"),
             ("join_rate_per_connection_per_s", "join_burst_per_connection"),
             ("fetch_rate_per_connection_per_s", "fetch_burst_per_connection"),
+            ("history_rate_per_connection_per_s", "history_burst_per_connection"),
             ("handshake_rate_per_s", "handshake_burst"),
         ):
             for name, least in ((rate, 0.0), (burst, 1.0)):  # what a TokenBucket accepts

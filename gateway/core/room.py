@@ -265,22 +265,34 @@ class Room:
 
     def replay(self, cursor: Cursor) -> tuple[list[bytes], list[tuple[int, int, int]]]:
         """What follows ``cursor``: the encoded messages the shard logs hold, and the ranges
-        ``(shard, from_seq, to_seq)`` they no longer hold (in the durable store, or gone).
+        ``(shard, from_seq, to_seq)`` they no longer hold (in the durable store, or gone)."""
+        held, older = self.replay_ranges(cursor)
+        out = [e.encoded for sid, lo, hi in held for e in self._shards[sid].entries(lo, hi)]
+        return out, older
+
+    def replay_ranges(
+        self, cursor: Cursor
+    ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+        """What follows ``cursor``, as ranges ``(shard, from_seq, to_seq)``: those the shard logs
+        hold, and those they no longer hold (in the durable store, or gone).
 
         A cursor of another incarnation of the room means nothing here: everything retained is
         replayed (the client starts the room afresh).
         """
-        out: list[bytes] = []
+        held: list[tuple[int, int, int]] = []
         older: list[tuple[int, int, int]] = []
         stale = cursor.incarnation not in (0, self.incarnation)
         for shard in self._shards.values():
             after = 0 if stale else cursor.delivered.get(shard.id, 0)
             if after >= shard.last_seq:
                 continue
-            if shard.first_seq > after + 1:
-                older.append((shard.id, after + 1, shard.first_seq - 1))
-            out.extend(e.encoded for e in shard.entries(after + 1, shard.last_seq))
-        return out, older
+            first = shard.first_seq
+            if first > after + 1:
+                older.append((shard.id, after + 1, first - 1))
+            lo = max(after + 1, first)
+            if lo <= shard.last_seq:
+                held.append((shard.id, lo, shard.last_seq))
+        return held, older
 
     def restore(
         self, maps: list[ShardMap], high_water: Mapping[int, int], next_shard_id: int, now: float

@@ -8,7 +8,9 @@ and violation counts are the :class:`~gateway.core.principals.Allowance` objects
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Hashable
+from dataclasses import dataclass
 from enum import Enum
 
 from gateway.core.auth import Principal
@@ -17,7 +19,7 @@ from gateway.errors import ErrorCode, RemoteProtocolError
 from gateway.wire import frames as f
 from gateway.wire.framing import FrameDecoder
 
-__all__ = ["TRANSITIONS", "Session", "State"]
+__all__ = ["TRANSITIONS", "Job", "Session", "State"]
 
 
 class State(Enum):
@@ -40,6 +42,19 @@ TRANSITIONS: dict[State, dict[type[f.ClientFrame], State]] = {
 }
 
 
+@dataclass(slots=True)
+class Job:
+    """Output a session asked for and has not had yet (a join's replay): seqs ``lo..hi`` of one
+    shard of a room, from its in-memory log or (``store``) from the durable store. Sent in pieces
+    as the session's connection reads (:mod:`gateway.core.pacing`)."""
+
+    room: str
+    shard: int
+    lo: int
+    hi: int
+    store: bool = False
+
+
 class Session:
     """Per-connection state. The hub owns sessions and drives them."""
 
@@ -50,11 +65,13 @@ class Session:
         "connection",
         "decoder",
         "errors",
+        "jobs",
         "lz4",
         "principal",
         "rooms",
         "session_id",
         "shed",
+        "stalled_since",
         "state",
         "user",
         "violations",
@@ -81,6 +98,8 @@ class Session:
         self.decoder = FrameDecoder(max_frame_bytes)
         self.backlog = 0  # bytes queued or unacknowledged on the connection, as last reported
         self.shed = 0  # messages shed for it since its last Deliver
+        self.jobs: deque[Job] = deque()  # replay still to send, oldest first (core/pacing.py)
+        self.stalled_since: float | None = None  # jobs waiting on an unread connection since
         self.principal: Principal | None = None  # who the token says this is (after Hello)
         # What its requests are charged to: its connection's allowance, and from Hello on its
         # principal's too (acquired by the hub, released when the session ends).

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import islice
 
 from gateway.errors import ErrorCode, RemoteProtocolError
 from gateway.wire.codec import encode_message
@@ -96,3 +97,21 @@ class Shard:
             return []
         log = self._log
         return [log[i] for i in range(lo - first, hi - first + 1)]
+
+    def take(self, from_seq: int, to_seq: int, max_bytes: int) -> list[Entry]:
+        """The logged entries from ``from_seq`` (clipped to the log) up to ``to_seq``, stopping
+        before the encodings pass ``max_bytes`` (at least one entry if any is in range). Walks
+        only what it returns: a replay cut into many pieces costs no more than one."""
+        first = self.first_seq
+        lo = max(from_seq, first)
+        hi = min(to_seq, self.last_seq)
+        if lo > hi:
+            return []
+        taken: list[Entry] = []
+        size = 0
+        for entry in islice(self._log, lo - first, hi - first + 1):
+            size += len(entry.encoded)
+            if size > max_bytes and taken:
+                break
+            taken.append(entry)
+        return taken

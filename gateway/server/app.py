@@ -338,17 +338,24 @@ class GatewayServer:
         """Answer from the store, off the loop; the frames go to the connection when ready."""
 
         async def run() -> None:
+            sent = 0
             try:
                 data = await self.durability.serve_read(read)
+                route = self._routes.get(read.conn_id)
+                if route is not None:
+                    route.protocol.send_frames(route.stream_id, data)
+                    route.protocol.transmit()
+                    sent = len(data)
             except Exception:
                 log.exception(
                     "store read failed", extra={"event": "store_read_failed", "room": read.room}
                 )
-                return
-            route = self._routes.get(read.conn_id)
-            if route is not None:
-                route.protocol.send_frames(route.stream_id, data)
-                route.protocol.transmit()
+            finally:  # counted against the connection's budget; its next store read may go
+                route = self._routes.get(read.conn_id)
+                queued = route.protocol.queued_bytes(route.stream_id) if route is not None else 0
+                self.hub.store_read_done(read.conn_id, sent, queued, self.now())
+                if self._server is not None:  # not while closing
+                    self._pump()
 
         assert self._loop is not None
         task = self._loop.create_task(run())
@@ -375,18 +382,21 @@ class GatewayServer:
         """Hand Sends to connections and Closes to sessions; return the Persists for the store."""
         routes = self._routes
         persists: list[Persist] = []
+        cut: set[int] = set()  # closed over their hard cap: nothing more goes to them
         for output in outputs:
             if isinstance(output, Send):
                 data = output.data
                 budget = self._budget
                 for conn_id in output.conn_ids:
                     route = routes.get(conn_id)
-                    if route is not None:
+                    if route is not None and conn_id not in cut:
                         route.protocol.send_frames(route.stream_id, data)
                         touched[route.protocol] = None
                         queued = route.protocol.queued_bytes(route.stream_id)
-                        if queued >= budget:
-                            self.hub.report_backlog(conn_id, queued, self.now())
+                        if queued >= budget and self.hub.report_backlog(
+                            conn_id, queued, self.now()
+                        ):
+                            cut.add(conn_id)
             elif isinstance(output, Close):
                 route = routes.pop(output.conn_id, None)
                 if route is not None:
@@ -425,7 +435,7 @@ class GatewayServer:
         self._timer = None
         self._timer_at = None
         now = self.now()
-        for conn_id in self.hub.congested():
+        for conn_id in self.hub.watched():
             route = self._routes.get(conn_id)
             if route is not None:
                 self.hub.report_backlog(conn_id, route.protocol.queued_bytes(route.stream_id), now)

@@ -15,11 +15,20 @@ stream of the client's.
 
 At most ``max_sessions_per_connection`` sessions (``[core.limits]``) are open at once on one
 connection: a CONNECT beyond that is answered ``429`` and ends there.
+
+One budget per connection: :meth:`GatewayProtocol.queued_bytes` is what every stream the gateway
+writes on (frame streams, HTTP/3 responses) holds unacknowledged. A session the gateway ended keeps
+its unread bytes (its last frames, the Error, the FIN) for ``unread_grace_s``; then, or at once if
+the connection is over ``max_backlog_bytes``, its frame stream is reset and the engine drops them,
+and a connection left with no session is closed (a client that did not read them in that time is
+not reading). Request streams are watched until their requests are whole
+(:mod:`gateway.server.h3guard`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import logging
@@ -39,14 +48,21 @@ from gateway.engine import (
     ProtocolNegotiated,
     QuicConnectionProtocol,
     QuicEvent,
+    StopSendingReceived,
+    StreamDataReceived,
     StreamReset,
     WebTransportStreamDataReceived,
     closing,
+    connection_unacked_bytes,
+    h3_buffered_bytes,
+    h3_discard_stream,
     peer_address,
+    reset_stream,
     send_stream_data,
     unacked_bytes,
 )
 from gateway.server import http
+from gateway.server.h3guard import DROP, H3_EXCESSIVE_LOAD, H3_REQUEST_REJECTED, PASS, RequestGuard
 
 if TYPE_CHECKING:
     from gateway.server.app import GatewayServer
@@ -92,6 +108,17 @@ class GatewayProtocol(QuicConnectionProtocol):
         # Names this QUIC connection to the hub, which shares rate limits among its sessions.
         # Unique for the process's lifetime (an id() could be reused by a later connection).
         self.connection_key = next(_connection_keys)
+        core = gateway.config.core
+        self._limits = core.limits
+        self._max_backlog = core.max_backlog_bytes
+        self._guard = RequestGuard(
+            core.limits.max_request_header_bytes, core.limits.request_deadline_s
+        )
+        self.history = http.ConnectionBudget(core.limits, core.send_budget_bytes, self.unread_bytes)
+        self._sending: set[int] = set()  # streams the gateway writes on: the connection's backlog
+        self._releasing: dict[int, float] = {}  # ended sessions' frame streams -> when to reset
+        self._guard_timer: asyncio.TimerHandle | None = None
+        self._guard_at: float | None = None
 
     # ---- asyncio / aioquic hooks ----------------------------------------------------------------
 
@@ -103,13 +130,21 @@ class GatewayProtocol(QuicConnectionProtocol):
             self.gateway.path_changed(self, before, after)
 
     def quic_event_received(self, event: QuicEvent) -> None:
-        if isinstance(event, ProtocolNegotiated):
+        if isinstance(event, StreamDataReceived):
+            if not self._admit(event):
+                return
+        elif isinstance(event, StopSendingReceived):
+            if event.stream_id in self._sending:  # the client wants no more: drop what waits
+                reset_stream(self._quic, event.stream_id, _H3_NO_ERROR)
+        elif isinstance(event, ProtocolNegotiated):
             if event.alpn_protocol in H3_ALPN:
                 self._h3 = H3Connection(self._quic, enable_webtransport=True)
                 self.cid = self._quic.host_cid.hex()
         elif isinstance(event, HandshakeCompleted):
             self.gateway.handshake_completed(self)
         elif isinstance(event, StreamReset):
+            if self._guard.reset(event.stream_id):
+                return  # a request stream the gateway refused: the HTTP/3 layer forgot it
             session = self._by_stream.get(event.stream_id) or self._sessions.get(event.stream_id)
             if session is not None:
                 self._client_ended(session, event.stream_id)
@@ -120,10 +155,100 @@ class GatewayProtocol(QuicConnectionProtocol):
                 session.conn_id = None
             self._sessions.clear()
             self._by_stream.clear()
+            self._releasing.clear()
+            if self._guard_timer is not None:
+                self._guard_timer.cancel()
             self.gateway.connection_closed(self)
         if self._h3 is not None:
             for h3_event in self._h3.handle_event(event):
                 self._h3_event_received(h3_event)
+            if isinstance(event, StreamDataReceived):
+                self._check_buffered(event.stream_id)
+
+    # ---- request streams: size and time bounds (gateway/server/h3guard.py) ---------------------
+
+    def _admit(self, event: StreamDataReceived) -> bool:
+        """Whether the HTTP/3 layer may see this stream data (else it is dropped)."""
+        verdict = self._guard.receive(
+            event.stream_id, event.data, event.end_stream, self.gateway.now()
+        )
+        if verdict == PASS:
+            if self._guard.next_deadline() is not None:
+                self._arm_guard_timer()
+            return True
+        if verdict != DROP:
+            self._refuse_request(event.stream_id, verdict)
+        return False
+
+    def _check_buffered(self, stream_id: int) -> None:
+        """The HTTP/3 layer must not hold more than the limit of any stream's unfinished frame
+        (trailers, a control stream's frame): a request stream is refused, the connection closed
+        for a control stream (HTTP/3 does not allow resetting one)."""
+        assert self._h3 is not None
+        if h3_buffered_bytes(self._h3, stream_id) <= self._limits.max_request_header_bytes:
+            return
+        if stream_id & 2:
+            self.close(error_code=H3_EXCESSIVE_LOAD, reason_phrase="HTTP/3 frame too large")
+            return
+        self._guard.refuse(stream_id, H3_EXCESSIVE_LOAD)
+        self._refuse_request(stream_id, H3_EXCESSIVE_LOAD)
+
+    def _refuse_request(self, stream_id: int, code: int) -> None:
+        """Stop and reset a request stream over its size or time bound; the HTTP/3 layer forgets
+        it (a WebTransport session on it ends)."""
+        self.gateway.counters["requests_refused"] += 1
+        log.debug("request stream %d refused: 0x%x", stream_id, code, extra={"cid": self.cid})
+        if not closing(self._quic):
+            with contextlib.suppress(ValueError, RuntimeError):  # an unknown or ended stream
+                self._quic.stop_stream(stream_id, code)
+            reset_stream(self._quic, stream_id, code)
+        if self._h3 is not None:
+            h3_discard_stream(self._h3, stream_id)
+        session = self._sessions.get(stream_id)
+        if session is not None:
+            self._client_ended(session, stream_id)
+        self.transmit()
+
+    # ---- timers: request deadlines, unread bytes of ended sessions -----------------------------
+
+    def _arm_guard_timer(self) -> None:
+        times = [t for t in (self._guard.next_deadline(), *self._releasing.values()) if t]
+        at = min(times) if times else None
+        if at == self._guard_at:
+            return
+        if self._guard_timer is not None:
+            self._guard_timer.cancel()
+            self._guard_timer = None
+        self._guard_at = at
+        if at is not None:
+            self._guard_timer = asyncio.get_running_loop().call_at(at, self._on_guard_timer)
+
+    def _on_guard_timer(self) -> None:
+        self._guard_timer = self._guard_at = None
+        now = self.gateway.now()
+        for stream_id in self._guard.expired(now):
+            self._refuse_request(stream_id, H3_REQUEST_REJECTED)
+        for stream_id, at in list(self._releasing.items()):
+            if at <= now:
+                self._release(stream_id)
+        self._arm_guard_timer()
+
+    def _release(self, stream_id: int) -> None:
+        """An ended session's frame stream: if the client has still not read all of it, reset it
+        (the engine drops the bytes), and close a connection left with no session."""
+        self._releasing.pop(stream_id, None)
+        if closing(self._quic) or not unacked_bytes(self._quic, stream_id, in_flight=False):
+            return
+        self.gateway.counters["unread_released"] += 1
+        reset_stream(self._quic, stream_id, _H3_NO_ERROR)
+        if not self.open_sessions:
+            log.info(
+                "connection closed: an ended session's data went unread",
+                extra={"event": "unread_closed", "cid": self.cid},
+            )
+            self.close(error_code=_H3_NO_ERROR, reason_phrase="unread data: session over")
+        else:
+            self.transmit()
 
     # ---- HTTP/3 ---------------------------------------------------------------------------------
 
@@ -140,6 +265,9 @@ class GatewayProtocol(QuicConnectionProtocol):
             pass  # clients send nothing on datagrams (yet); ignoring them is harmless
 
     def _on_headers(self, event: HeadersReceived) -> None:
+        if self._guard.is_refused(event.stream_id):
+            return  # its headers were waiting for QPACK when the stream was refused
+        self._guard.classified(event.stream_id)
         headers = {k: v for k, v in event.headers}
         method = headers.get(b":method", b"")
         path = headers.get(b":path", b"").decode("utf-8", "replace")
@@ -167,7 +295,12 @@ class GatewayProtocol(QuicConnectionProtocol):
         accept = headers.get(b"accept", b"").decode("ascii", "replace")
         authorization = headers.get(b"authorization", b"").decode("ascii", "replace")
         answer = http.handle_request(
-            self.gateway, method.decode("ascii", "replace"), path, accept, authorization
+            self.gateway,
+            method.decode("ascii", "replace"),
+            path,
+            accept,
+            authorization,
+            budget=self.history,
         )
         if isinstance(answer, http.Response):
             self._respond(event.stream_id, answer)
@@ -192,6 +325,7 @@ class GatewayProtocol(QuicConnectionProtocol):
         self._send_headers(stream_id, response.status, end_stream=False, extra=extra)
         assert self._h3 is not None
         self._h3.send_data(stream_id, response.body, end_stream=True)
+        self._sending.add(stream_id)  # counted against the connection's budget until acked
         self.transmit()
 
     def _send_headers(
@@ -273,6 +407,7 @@ class GatewayProtocol(QuicConnectionProtocol):
             return
         session.frame_stream_id = event.stream_id
         self._by_stream[event.stream_id] = session
+        self._sending.add(event.stream_id)
         session.conn_id = self.gateway.session_opened(self, event.stream_id)
         self._on_frame_stream(session, event)
 
@@ -296,9 +431,20 @@ class GatewayProtocol(QuicConnectionProtocol):
         send_stream_data(self._quic, stream_id, data)
 
     def queued_bytes(self, stream_id: int) -> int:
-        """Bytes written to a stream and not yet acknowledged by the client (queued or in
-        flight): the connection's backlog. The engine's sender is the one place that knows."""
-        return unacked_bytes(self._quic, stream_id)
+        """The connection's backlog, which its one send budget is measured against: bytes
+        written to any of its streams (``stream_id``'s and every other) and not yet
+        acknowledged by the client. The engine is the one place that knows. Over
+        ``max_backlog_bytes``, ended sessions' unread bytes are dropped at once."""
+        total = self.unread_bytes()
+        if self._releasing and total > self._max_backlog:
+            for ended in list(self._releasing):
+                self._release(ended)
+            total = self.unread_bytes()
+        return total
+
+    def unread_bytes(self) -> int:
+        """Bytes the gateway wrote on this connection that the client has not acknowledged."""
+        return connection_unacked_bytes(self._quic, self._sending)
 
     def finish_session(self, stream_id: int) -> None:
         """End a session the gateway closed: FIN its frame stream and its CONNECT stream."""
@@ -331,6 +477,9 @@ class GatewayProtocol(QuicConnectionProtocol):
             return
         if session.frame_stream_id is not None:
             send_stream_data(self._quic, session.frame_stream_id, b"", end_stream=True)
+            grace = self._limits.unread_grace_s
+            self._releasing[session.frame_stream_id] = self.gateway.now() + grace
+            self._arm_guard_timer()
         if self._h3 is not None:
             try:
                 self._h3.send_data(session.connect_stream_id, b"", end_stream=True)

@@ -3,7 +3,10 @@ QUIC connection, each started and ended by hand (FIN or RESET_STREAM on each of 
 
 It speaks exactly docs/protocol.md §1: a CONNECT (``:protocol webtransport``) per session, one
 client-initiated bidirectional stream per session for Skein frames. Frames the gateway sends are
-decoded per frame stream; nothing is answered automatically.
+decoded per frame stream; nothing is answered automatically. It can also send plain HTTP/3
+requests (:meth:`WtClient.get`) or raw bytes on a stream of its own (:meth:`WtClient.raw`), records
+the streams the gateway resets, and can stop reading at the transport (``frozen``: every datagram
+from the gateway is dropped, so nothing it sends is ever acknowledged).
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from gateway.engine import (
     H3_ALPN,
     H3Connection,
     HeadersReceived,
+    NetworkAddress,
     QuicConfiguration,
     QuicConnectionProtocol,
     QuicEvent,
     StreamDataReceived,
+    StreamReset,
     quic_connect,
     send_stream_data,
 )
@@ -54,8 +59,50 @@ class WtClient(QuicConnectionProtocol):
         self.h3 = H3Connection(self._quic, enable_webtransport=True)
         self.sessions: dict[int, WtSession] = {}  # by frame stream
         self._by_connect: dict[int, WtSession] = {}
+        self.resets: dict[int, int] = {}  # streams the gateway reset -> error code
+        self.reset_seen = asyncio.Event()
+        self.frozen = False  # drop every datagram from the gateway (stop reading at the transport)
+        self._requests: dict[int, asyncio.Future[int]] = {}
+
+    def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
+        if not self.frozen:
+            super().datagram_received(data, addr)
+
+    def datagrams_received(self, data: list[bytes], addr: NetworkAddress) -> None:
+        """qh3's transport hands a protocol that has this method its datagrams in batches."""
+        if not self.frozen:
+            getattr(super(), "datagrams_received")(data, addr)  # noqa: B009 (qh3 only)
+
+    def get(
+        self, path: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> asyncio.Future[int]:
+        """Send ``GET path`` on a new request stream; the future is the answer's status."""
+        stream_id = self._quic.get_next_available_stream_id()
+        self.h3.send_headers(
+            stream_id,
+            [
+                (b":method", b"GET"),
+                (b":scheme", b"https"),
+                (b":authority", b"localhost"),
+                (b":path", path.encode()),
+                *(headers or []),
+            ],
+            end_stream=True,
+        )
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._requests[stream_id] = future
+        self.transmit()
+        return future
+
+    def raw(self, stream_id: int, data: bytes) -> None:
+        """Raw bytes on a stream, bypassing HTTP/3 (a hand-made frame, say)."""
+        send_stream_data(self._quic, stream_id, data)
+        self.transmit()
 
     def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamReset):
+            self.resets[event.stream_id] = event.error_code
+            self.reset_seen.set()
         if isinstance(event, StreamDataReceived) and event.stream_id in self.sessions:
             # Our own WebTransport stream: the client-side H3 would parse it as HTTP/3 frames.
             session = self.sessions[event.stream_id]
@@ -66,9 +113,13 @@ class WtClient(QuicConnectionProtocol):
             return
         for h3_event in self.h3.handle_event(event):
             if isinstance(h3_event, HeadersReceived):
+                status = int(dict(h3_event.headers).get(b":status", b"0"))
                 answered = self._by_connect.get(h3_event.stream_id)
                 if answered is not None and not answered.status.done():
-                    answered.status.set_result(int(dict(h3_event.headers)[b":status"]))
+                    answered.status.set_result(status)
+                request = self._requests.pop(h3_event.stream_id, None)
+                if request is not None and not request.done():
+                    request.set_result(status)
 
     def open_session(self, hello: f.Hello | None = None, path: str = "/v1/chat") -> WtSession:
         """Send a CONNECT, open the session's frame stream and (by default) say Hello on it."""
@@ -117,13 +168,16 @@ class WtClient(QuicConnectionProtocol):
 
 
 @contextlib.asynccontextmanager
-async def wt_connect(address: tuple[str, int], ca_file: Path) -> AsyncIterator[WtClient]:
+async def wt_connect(
+    address: tuple[str, int], ca_file: Path, *, idle_timeout_s: float = 60.0
+) -> AsyncIterator[WtClient]:
     """A connected :class:`WtClient` to a gateway at ``address``."""
     configuration = QuicConfiguration(
         is_client=True,
         alpn_protocols=H3_ALPN,
         server_name="localhost",
         max_datagram_frame_size=65536,
+        idle_timeout=idle_timeout_s,
     )
     configuration.verify_mode = ssl.CERT_REQUIRED
     configuration.load_verify_locations(str(ca_file))
