@@ -202,6 +202,17 @@ class GatewayCollector:
             "WebTransport sessions the gateway refused.",
             server.counters["sessions_refused"],
         )
+        yield _counter(
+            "skein_requests_refused_total",
+            "HTTP/3 request streams reset over max_request_header_bytes or request_deadline_s.",
+            server.counters["requests_refused"],
+        )
+        yield _counter(
+            "skein_unread_released_total",
+            "Ended sessions whose unread bytes were dropped after unread_grace_s (the client "
+            "never read them).",
+            server.counters["unread_released"],
+        )
         yield _gauge("skein_sessions", "Open chat sessions.", server.hub.session_count)
         yield _counter(
             "skein_sessions_opened_total", "Chat sessions opened.", stats.sessions_opened
