@@ -171,6 +171,9 @@ class AuthConfig:
     - ``audience`` / ``issuer``: when set, tokens must carry this ``aud`` / ``iss``.
     - ``leeway_s``: clock skew tolerated on ``exp`` and ``nbf``.
     - ``max_token_bytes``: longer tokens are refused unparsed.
+    - ``max_token_lifetime_s``: a token whose ``exp`` is further than this from now is refused
+      (7 days by default): a session lasts as long as its token, so an ``exp`` of 1e300 would be
+      a grant that never ends, and no key rotation short of replacing the key would revoke it.
     """
 
     mode: str = "jwt"
@@ -181,6 +184,7 @@ class AuthConfig:
     issuer: str | None = None
     leeway_s: float = 30.0
     max_token_bytes: int = 8192
+    max_token_lifetime_s: float = 7 * 24 * 3600.0
 
     def __post_init__(self) -> None:
         if self.mode not in AUTH_MODES:
@@ -217,6 +221,15 @@ class AuthConfig:
         size = self.max_token_bytes
         if isinstance(size, bool) or not isinstance(size, int) or not 64 <= size <= 1 << 20:
             raise ValueError(f"max_token_bytes must be an integer within 64..1048576, got {size!r}")
+        life = self.max_token_lifetime_s
+        if (
+            isinstance(life, bool)
+            or not isinstance(life, int | float)
+            or not 60 <= life <= 366 * 24 * 3600
+        ):
+            raise ValueError(
+                f"max_token_lifetime_s must be a number within 60..31622400 (a year), got {life!r}"
+            )
 
     @property
     def insecure(self) -> bool:
@@ -347,6 +360,11 @@ class Authenticator:
             raise _refuse("token lacks the required claim 'exp'")
         if now >= exp + leeway:
             raise _refuse("token has expired")
+        if exp > now + self._config.max_token_lifetime_s + leeway:
+            raise _refuse(
+                f"token expires too far ahead: more than max_token_lifetime_s "
+                f"({self._config.max_token_lifetime_s:.0f} s) from now; mint a shorter-lived one"
+            )
         nbf = _number(claims, "nbf")
         if nbf is not None and nbf > now + leeway:
             raise _refuse("token is not valid yet (nbf)")

@@ -409,8 +409,11 @@ class Hub:
 
     # ---- introspection --------------------------------------------------------------------------
 
-    def room_names(self) -> list[str]:
-        return sorted(self._rooms)
+    def room_names(self, *, mode: str | None = None) -> list[str]:
+        """Every room's name, sorted; only those in ``mode`` (``"live"``, ``"group"``) if given."""
+        if mode is None:
+            return sorted(self._rooms)
+        return sorted(name for name, room in self._rooms.items() if room.mode.value == mode)
 
     def room_info(self, name: str, now: float) -> RoomInfo | None:
         room = self._rooms.get(name)

@@ -1,7 +1,10 @@
 """Plain HTTP/3 requests to the gateway (everything that is not a WebTransport session).
 
-- ``GET /v1/rooms``: the rooms this gateway holds.
-- ``GET /v1/rooms/{room}``: a room's shard map and velocities.
+- ``GET /v1/rooms``: the rooms this gateway holds: every live room, and the group rooms the
+  request's Bearer token may join (a group room's name, ``dm-alice-bob``, may say who talks to
+  whom); all of them on a gateway in insecure development mode.
+- ``GET /v1/rooms/{room}``: a room's shard map and velocities (404 for a group room the token may
+  not join, as for a room that does not exist).
 - ``GET /v1/rooms/{room}/messages?after=<cursor>&limit=N``: stored (reliable) messages after a
   cursor (``shard:seq,shard:seq``; empty for the start), in the order they were stored, at most
   N (1..1000), and no more than ``MAX_PAGE_BYTES`` of message bodies (at least one message):
@@ -27,6 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
+from gateway.core.auth import Principal
 from gateway.core.limits import LimitsConfig, TokenBucket
 from gateway.errors import GatewayError
 from gateway.store.base import next_cursor
@@ -126,14 +130,45 @@ def format_cursor(cursor: dict[int, int]) -> str:
     return ",".join(f"{shard}:{seq}" for shard, seq in sorted(cursor.items()))
 
 
+def _bearer(gateway: GatewayServer, request: Request) -> Principal | GatewayError | None:
+    """The request's Bearer token checked: its principal, the error that refused it, or None on
+    a gateway in insecure development mode (no tokens)."""
+    if gateway.authenticator is None:
+        return None
+    token = request.authorization.removeprefix("Bearer ").strip()
+    try:
+        return gateway.authenticator.authenticate(token, time.time())
+    except GatewayError as exc:
+        return exc
+
+
+def _may_see(gateway: GatewayServer, request: Request, name: str, mode: str) -> bool:
+    """Live rooms are listed to anyone; a group room (direct messages, private groups: its name
+    alone may say who talks to whom) only to a token that may join it, or with no tokens at
+    all (insecure development mode)."""
+    if mode != "group":
+        return True
+    principal = _bearer(gateway, request)
+    return principal is None or (isinstance(principal, Principal) and principal.may_join(name))
+
+
 def _rooms(gateway: GatewayServer, match: re.Match[str], request: Request) -> Answer:
-    return _json(200, {"rooms": gateway.hub.room_names()})
+    hub = gateway.hub
+    names = hub.room_names(mode="live")
+    principal = _bearer(gateway, request)
+    groups = hub.room_names(mode="group")
+    if principal is None:
+        names += groups
+    elif isinstance(principal, Principal):
+        names += [name for name in groups if principal.may_join(name)]
+    return _json(200, {"rooms": sorted(names)})
 
 
 def _room(gateway: GatewayServer, match: re.Match[str], request: Request) -> Answer:
     name = unquote(match["room"])
     info = gateway.hub.room_info(name, gateway.now())
-    if info is None:
+    if info is None or not _may_see(gateway, request, name, info.mode):
+        # the same answer for a hidden room as for none: its existence is not told
         return _json(404, {"error": f"no room {name!r} on this gateway"})
     value = asdict(info)
     value["velocities"] = {str(k): round(v, 3) for k, v in info.velocities.items()}
@@ -149,14 +184,11 @@ def _history(gateway: GatewayServer, match: re.Match[str], request: Request) -> 
         refused = request.budget.refusal(gateway.now())
         if refused is not None:
             return refused
-    if gateway.authenticator is not None:
-        token = request.authorization.removeprefix("Bearer ").strip()
-        try:
-            principal = gateway.authenticator.authenticate(token, time.time())
-        except GatewayError as exc:
-            return _json(401, {"error": f"{exc.message} (send Authorization: Bearer <jwt>)"})
-        if not principal.may_join(name):
-            return _json(403, {"error": f"your token does not allow reading {name!r}"})
+    principal = _bearer(gateway, request)
+    if isinstance(principal, GatewayError):
+        return _json(401, {"error": f"{principal.message} (send Authorization: Bearer <jwt>)"})
+    if principal is not None and not principal.may_join(name):
+        return _json(403, {"error": f"your token does not allow reading {name!r}"})
     params = parse_qs(request.query)
     try:
         after = parse_cursor(params.get("after", [""])[0])

@@ -96,6 +96,19 @@ def test_expiry_is_checked_on_the_callers_clock_with_leeway(hs_auth: Authenticat
     assert hs_auth.authenticate(token, NOW).sub == "alice"
 
 
+def test_a_token_that_expires_too_far_ahead_is_refused(hs_auth: Authenticator) -> None:
+    """A session lasts as long as its token: exp = 1e300 would be a grant that never ends."""
+    week = AuthConfig().max_token_lifetime_s
+    assert week == 7 * 24 * 3600
+    assert hs_auth.authenticate(hs256(claims(exp=NOW + week)), NOW).sub == "alice"
+    for exp in (NOW + week + 3600, 1e300, 2**62):
+        assert "too far ahead" in refused(hs_auth, hs256(claims(exp=exp)))
+    short = Authenticator(AuthConfig(hs256_secrets=(SECRET,), max_token_lifetime_s=600))
+    assert "too far ahead" in refused(short, hs256(claims(exp=NOW + 3600)))
+    with pytest.raises(ValueError, match="max_token_lifetime_s"):
+        AuthConfig(hs256_secrets=(SECRET,), max_token_lifetime_s=float("inf"))
+
+
 def test_not_before_is_honoured(hs_auth: Authenticator) -> None:
     token = hs256(claims(nbf=NOW + 100, exp=NOW + 1000))
     assert "not valid yet" in refused(hs_auth, token, NOW)
@@ -270,7 +283,7 @@ def test_authenticate_agrees_with_expired(exp_offset: int, now_offset: float) ->
     try:
         principal = auth.authenticate(token, now)
     except Rejected:
-        assert now >= int(NOW) + exp_offset + 30
+        assert now >= int(NOW) + exp_offset + 30 or int(NOW) + exp_offset > now + 7 * 86400 + 30
     else:
         assert not principal.expired(now)
 

@@ -117,6 +117,33 @@ async def test_history_needs_a_token_that_may_join_the_room(
     assert status == 200 and [m["sender"] for m in page["messages"]] == ["alice"]
 
 
+async def test_group_rooms_are_listed_only_to_tokens_that_may_join_them(
+    secured: GatewayServer, ca_file: Path
+) -> None:
+    """A group room's name (dm-alice-bob) says who talks to whom: no token, or one that may not
+    join it, neither lists it nor learns it exists; live rooms are listed to anyone."""
+    alice = token("alice", ["lobby", "dm-alice-bob"], ["lobby", "dm-alice-bob"])
+    async with connect(chat_url(secured), ca_file=ca_file, token=alice) as c:
+        await c.join("lobby")
+        await c.join("dm-alice-bob")
+    host, port = secured.address
+    base = f"https://{host}:{port}/v1/rooms"
+    eve = token("eve", ["lobby"], [])
+    for who in ("", eve):
+        status, listing = await get_json(base, ca_file=ca_file, token=who)
+        assert status == 200 and listing["rooms"] == ["lobby"], who
+        status, _ = await get_json(f"{base}/dm-alice-bob", ca_file=ca_file, token=who)
+        assert status == 404
+        status, _ = await get_json(f"{base}/nonexistent", ca_file=ca_file, token=who)
+        assert status == 404
+    status, listing = await get_json(base, ca_file=ca_file, token=alice)
+    assert status == 200 and listing["rooms"] == ["dm-alice-bob", "lobby"]
+    status, info = await get_json(f"{base}/dm-alice-bob", ca_file=ca_file, token=alice)
+    assert status == 200 and info["mode"] == "group"
+    status, info = await get_json(f"{base}/lobby", ca_file=ca_file)
+    assert status == 200 and info["mode"] == "live"
+
+
 async def test_connections_are_capped_per_source_address(certs: CertPaths, ca_file: Path) -> None:
     from tests.conftest import GENEROUS
 
