@@ -221,35 +221,23 @@ class HandshakeGuard:
 
     ``retry`` is ``"off"`` (never), ``"always"`` (every client not yet validated) or ``"auto"``
     (only under a handshake flood: while fewer than half of the handshake bucket's ``burst``
-    tokens are left, that is while handshakes arrive faster than ``rate_per_s``, or for
-    ``BACKLOG_HOLD_S`` after the server reported that it is behind reading its socket
-    (:meth:`report_backlog`): a flood the gateway cannot even read fast enough never drains the
-    bucket, so the gateway's own load must switch Retry on too). A Retry costs
+    tokens are left, that is while handshakes arrive faster than ``rate_per_s``). A Retry costs
     the gateway one small stateless packet, sent only in answer to an Initial that is at least
     1200 bytes, so it cannot amplify; handshakes from addresses that answered it (``validated``)
     are still rate limited. Spoofed source addresses never get past a Retry.
     """
 
-    __slots__ = ("_backlog_until", "_bucket", "retry")
-
-    BACKLOG_HOLD_S = 1.0
+    __slots__ = ("_bucket", "retry")
 
     def __init__(self, rate_per_s: float, burst: float, retry: str = "auto") -> None:
         if retry not in RETRY_MODES:
             raise ValueError(f"retry must be one of {', '.join(RETRY_MODES)}, got {retry!r}")
         self._bucket = TokenBucket(rate_per_s, burst)
-        self._backlog_until = float("-inf")
         self.retry = retry
 
-    def report_backlog(self, now: float) -> None:
-        """The server is behind reading its socket (more datagrams wait than it reads in one
-        go): under ``"auto"``, new clients are asked to Retry for the next ``BACKLOG_HOLD_S``."""
-        self._backlog_until = now + self.BACKLOG_HOLD_S
-
     def under_flood(self, now: float) -> bool:
-        """True while fewer than half of the handshake burst is left, or the server reported a
-        backlog within ``BACKLOG_HOLD_S``."""
-        return now < self._backlog_until or self._bucket.available(now) < self._bucket.burst / 2
+        """True while fewer than half of the handshake burst is left."""
+        return self._bucket.available(now) < self._bucket.burst / 2
 
     def admit(self, now: float, *, validated: bool) -> Admission:
         """Decide for a new connection's first Initial. ``validated``: it carried a valid Retry

@@ -139,9 +139,6 @@ class Listener(QuicServer):
                 return
             self.datagrams_received += 1
             self._receive(data, addr)
-        # Still more waiting: the gateway is behind reading. Under retry = "auto", new clients
-        # get a (stateless, cheap) Retry until it catches up.
-        self.guard.report_backlog(self._loop.time())
 
     def _receive(self, data: bytes | str, addr: NetworkAddress) -> None:
         initial = parse_initial(data) if len(data) >= _MIN_INITIAL_BYTES else None  # type: ignore[arg-type]

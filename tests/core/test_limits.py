@@ -203,19 +203,3 @@ def test_limits_config_defaults_and_validation() -> None:
 def test_limits_config_refuses_unsafe_values(kw: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         LimitsConfig(**kw)
-
-
-def test_auto_retry_switches_on_while_the_server_reports_a_backlog() -> None:
-    """A flood the gateway cannot even read never drains the handshake bucket: the server's own
-    report that it is behind reading turns Retry on for a while, then it turns off by itself."""
-    guard = HandshakeGuard(rate_per_s=500, burst=1000, retry="auto")
-    assert guard.admit(10.0, validated=False) is Admission.ACCEPT
-    guard.report_backlog(10.0)
-    assert guard.admit(10.5, validated=False) is Admission.RETRY
-    assert guard.admit(10.5, validated=True) is Admission.ACCEPT  # came back with its token
-    assert guard.admit(10.0 + HandshakeGuard.BACKLOG_HOLD_S + 0.01, validated=False) is (
-        Admission.ACCEPT
-    )
-    off = HandshakeGuard(rate_per_s=500, burst=1000, retry="off")
-    off.report_backlog(10.0)
-    assert off.admit(10.5, validated=False) is Admission.ACCEPT
