@@ -49,6 +49,7 @@ __all__ = [
     "close_reason",
     "closing",
     "connection_unacked_bytes",
+    "early_data_lost_to_retry",
     "engine_version",
     "h3_buffered_bytes",
     "h3_discard_stream",
@@ -261,6 +262,16 @@ def acknowledge_every_second_packet(quic: Any, max_ack_delay_s: float = 0.025) -
             space.ack_at = now
 
     quic.receive_datagram = receive_datagram
+
+
+def early_data_lost_to_retry(quic: Any) -> bool:
+    """True when a client connection's 0-RTT early data never reached the server although the
+    handshake may report it accepted: the server answered the first Initial with a QUIC Retry,
+    and aioquic, starting over with the Retry token, re-sends the handshake but not the stream
+    data it had already sent as 0-RTT (its recovery state is reset), so the server never sees
+    it. qh3 re-sends it. Check it once the handshake completes; when True, the caller must
+    treat the early data as rejected and start again without it."""
+    return ENGINE == "aioquic" and bool(quic._retry_count)
 
 
 def close_reason(quic: Any) -> str:

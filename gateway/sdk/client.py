@@ -45,6 +45,7 @@ from gateway.engine import (
     acknowledge_every_second_packet,
     close_reason,
     closing,
+    early_data_lost_to_retry,
     send_stream_data,
 )
 from gateway.errors import ConnectionLost, ErrorCode, GatewayError, LocalProtocolError, ServerError
@@ -369,15 +370,17 @@ class Client:
         try:
             if early:
                 self._begin_session(link)  # rides in 0-RTT
-                if not await self._await_handshake(link):
+                accepted = await self._await_handshake(link)
+                if not accepted or early_data_lost_to_retry(link.protocol._quic):
                     raise _EarlyDataRejected
             else:
                 await self._await_handshake(link)
                 self._begin_session(link)
             await self._await_welcome(link)
         except _EarlyDataRejected:
-            # The gateway no longer knows the ticket (restarted, or the ticket was used): the
-            # early CONNECT and Hello were dropped. Start over with a full handshake.
+            # The gateway no longer knows the ticket (restarted, or the ticket was used), or it
+            # answered with a QUIC Retry that the engine lost the early data to: the early
+            # CONNECT and Hello never arrived. Start over with a full handshake.
             await self._abandon(link)
             self._ticket = None
             await self._open()
