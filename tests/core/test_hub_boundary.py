@@ -30,16 +30,21 @@ SECRET = "s" * 32
 BAD_NAMES = ["eve\nadmin", "\x1b[31mred\x1b[0m", "tab\there", "nul\x00", "\u2028", "\x7f" * 128]
 
 
+WALL_CLOCK = 1_700_000_000.0  # the hub's wall clock: virtual time 0 is this Unix time
+
+
 def jwt_hub(**core: object) -> Hub:
-    return Hub(
+    hub = Hub(
         CoreConfig(**core),  # type: ignore[arg-type]
         authenticator=Authenticator(AuthConfig(hs256_secrets=(SECRET,))),
     )
+    hub.wall_offset_s = WALL_CLOCK
+    return hub
 
 
 def a_token(sub: str, publish: tuple[str, ...] = ("*",)) -> str:
     return jwt.encode(
-        {"sub": sub, "join": ["*"], "publish": list(publish), "exp": 4_000_000_000},
+        {"sub": sub, "join": ["*"], "publish": list(publish), "exp": WALL_CLOCK + 86_400},
         SECRET,
         algorithm="HS256",
     )

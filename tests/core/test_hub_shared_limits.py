@@ -23,7 +23,8 @@ LIMITS = LimitsConfig()  # the defaults: publish 50/s burst 100, join 10/s burst
 
 
 def token(sub: str, *, publish: tuple[str, ...] = ("*",)) -> str:
-    claims = {"sub": sub, "join": ["*"], "publish": list(publish), "exp": 4_000_000_000}
+    # exp within max_token_lifetime_s of the hub's wall clock (jwt_net: 1_700_000_000)
+    claims = {"sub": sub, "join": ["*"], "publish": list(publish), "exp": 1_700_086_400}
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
