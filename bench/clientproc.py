@@ -16,16 +16,18 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, MutableSequence, Sequence
+from collections.abc import Awaitable, Callable, Iterator, MutableSequence, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from loadgen.payload import Payload, decode_body, encode_body
 from loadgen.stats import encode, new_histogram, record_us
 
 __all__ = [
+    "OPEN_ROUNDS",
     "ClientProcess",
     "Command",
     "Paced",
@@ -33,10 +35,12 @@ __all__ = [
     "await_line",
     "body",
     "missing_rooms",
+    "open_missing",
     "record_latency",
     "room_names",
     "serve",
     "serve_process",
+    "supervised",
 ]
 
 Command = Callable[..., Awaitable[dict[str, Any]]]
@@ -190,6 +194,80 @@ def await_line(
         if not line and proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}:\n{''.join(output)}")
     raise RuntimeError(f"{what} did not start in time:\n{''.join(output)}")
+
+
+T = TypeVar("T")
+OPEN_ROUNDS = 3  # a client whose handshake failed is tried again this many rounds
+
+
+async def open_missing(
+    live: list[T],
+    room_of: Callable[[T], int],
+    opened: int,
+    first: int,
+    count: int,
+    rooms: int,
+    one: Callable[[int, int], Awaitable[T]],
+) -> tuple[int, dict[str, Any]]:
+    """Open clients with ``one(index, room_index)`` until ``count`` are live (appended to
+    ``live``), each in its room (:func:`missing_rooms`), for at most ``OPEN_ROUNDS`` rounds: one
+    lost Initial should not sink a benchmark of a thousand. ``opened`` counts clients ever
+    opened (their indexes). Returns the new ``opened`` and the reply to the ``open`` command."""
+    failed: list[BaseException] = []
+    for _ in range(OPEN_ROUNDS):
+        need = missing_rooms(first, count, rooms, [room_of(c) for c in live])
+        if not need:
+            break
+        base, opened = opened, opened + len(need)
+        results = await asyncio.gather(
+            *(one(base + i, r) for i, r in enumerate(need)), return_exceptions=True
+        )
+        live += [r for r in results if not isinstance(r, BaseException)]
+        failed = [r for r in results if isinstance(r, BaseException)]
+    note = repr(failed[0]) if failed else ""
+    return opened, {"live": len(live), "failed": len(failed), "note": note}
+
+
+class Logged(Protocol):
+    """A server process's kept output and how many error lines it wrote."""
+
+    @property
+    def output(self) -> MutableSequence[str]: ...
+
+    errors_logged: int
+
+
+@contextlib.contextmanager
+def supervised(
+    proc: subprocess.Popen[str],
+    logged: Logged,
+    ready: str,
+    what: str,
+    timeout_s: float,
+    is_error: Callable[[str], bool],
+) -> Iterator[None]:
+    """Wait until ``proc`` prints a line holding ``ready`` (see :func:`await_line`), keep reading
+    its output into ``logged`` (counting ``is_error`` lines) in a thread, and terminate it
+    (kill after 10 s) when the block ends, however it ends."""
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            logged.output.append(line)
+            if is_error(line):
+                logged.errors_logged += 1
+
+    try:
+        await_line(proc, logged.output, ready, what, timeout_s)
+        threading.Thread(target=pump, daemon=True).start()
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 async def serve(commands: dict[str, Command], on_exit: Callable[[], Awaitable[Any]]) -> None:

@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from pathlib import Path
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.clientproc import await_line
+from bench.clientproc import supervised
 from bench.common import udp_drops
 from gateway.server.certs import CertPaths, ensure_dev_certs
 
@@ -139,12 +138,8 @@ class RunningGateway:
         return "".join(self.output)
 
 
-def _drain(gw: RunningGateway) -> None:
-    assert gw.process.stdout is not None
-    for line in gw.process.stdout:
-        gw.output.append(line)
-        if '"level":"error"' in line or line.startswith("Traceback"):
-            gw.errors_logged += 1
+def _is_error(line: str) -> bool:
+    return '"level":"error"' in line or line.startswith("Traceback")
 
 
 def _command(port: int, config: Path, certs: CertPaths, engine: str, admin_port: int) -> list[str]:
@@ -200,14 +195,7 @@ def gateway_process(
     )
     gw = RunningGateway(proc, port, certs, engine, admin_port)
     try:
-        await_line(proc, gw.output, "serving HTTP/3", "the gateway", timeout_s)
-        threading.Thread(target=_drain, args=(gw,), daemon=True).start()
-        yield gw
+        with supervised(proc, gw, "serving HTTP/3", "the gateway", timeout_s, _is_error):
+            yield gw
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
         config.unlink(missing_ok=True)

@@ -35,7 +35,7 @@ from bench.clientproc import (
     Paced,
     Tally,
     body,
-    missing_rooms,
+    open_missing,
     record_latency,
     room_names,
     serve_process,
@@ -45,7 +45,6 @@ __all__ = ["NatsSwarm", "main"]
 
 OPEN_PARALLEL = 32
 OPEN_TIMEOUT_S = 30
-OPEN_ROUNDS = 3
 PENDING_BYTES = 64 << 20  # the client's outgoing buffer: never the limit at these rates
 FLUSH_TIMEOUT_S = 10
 
@@ -148,20 +147,10 @@ class NatsSwarm:
                     raise
             return sub
 
-        failed: list[BaseException] = []
-        for _ in range(OPEN_ROUNDS):
-            live = [s.room for s in self.subscribers]
-            need = missing_rooms(int(first), int(count), len(names), live)
-            if not need:
-                break
-            base, self.opened = self.opened, self.opened + len(need)
-            results = await asyncio.gather(
-                *(one(base + i, r) for i, r in enumerate(need)), return_exceptions=True
-            )
-            self.subscribers += [r for r in results if isinstance(r, Subscriber)]
-            failed = [r for r in results if not isinstance(r, Subscriber)]
-        note = repr(failed[0]) if failed else ""
-        return {"live": len(self.subscribers), "failed": len(failed), "note": note}
+        self.opened, reply = await open_missing(
+            self.subscribers, _room_of, self.opened, int(first), int(count), len(names), one
+        )
+        return reply
 
     async def reset(self) -> dict[str, Any]:
         self.tally = Tally()
@@ -226,6 +215,10 @@ class _Echo:
 
     async def echo(self, msg: Msg) -> None:
         self.count += 1
+
+
+def _room_of(subscriber: Subscriber) -> int:
+    return subscriber.room
 
 
 async def main() -> None:

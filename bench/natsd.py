@@ -17,7 +17,6 @@ import importlib.util
 import json
 import os
 import subprocess
-import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.clientproc import await_line
+from bench.clientproc import supervised
 from bench.gateway import free_tcp_port
 
 __all__ = ["MissingPeer", "RunningNats", "nats_process", "nats_server_binary"]
@@ -119,12 +118,8 @@ class RunningNats:
         return "".join(self.output)
 
 
-def _drain(nats: RunningNats) -> None:
-    assert nats.process.stdout is not None
-    for line in nats.process.stdout:
-        nats.output.append(line)
-        if "[ERR]" in line or "[FTL]" in line:
-            nats.errors_logged += 1
+def _is_error(line: str) -> bool:
+    return "[ERR]" in line or "[FTL]" in line
 
 
 @contextlib.contextmanager
@@ -141,14 +136,5 @@ def nats_process(timeout_s: float = 15.0) -> Iterator[RunningNats]:
         text=True,
     )
     nats = RunningNats(proc, port, monitor_port)
-    try:
-        await_line(nats.process, nats.output, "Server is ready", "nats-server", timeout_s)
-        threading.Thread(target=_drain, args=(nats,), daemon=True).start()
+    with supervised(proc, nats, "Server is ready", "nats-server", timeout_s, _is_error):
         yield nats
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)

@@ -44,7 +44,7 @@ from bench.clientproc import (
     Paced,
     Tally,
     body,
-    missing_rooms,
+    open_missing,
     record_latency,
     room_names,
     serve_process,
@@ -70,7 +70,6 @@ __all__ = ["Publisher", "RawSession", "Swarm", "Tally", "count_deliver", "main"]
 MAX_FRAME_BYTES = 16 << 20
 OPEN_PARALLEL = 32  # handshakes in flight at once while opening sessions
 OPEN_TIMEOUT_S = 30.0
-OPEN_ROUNDS = 3
 IDLE_TIMEOUT_S = 300.0  # sessions sit idle between runs (the bench gateway waits as long)
 STREAM_WINDOW_BYTES = 8 << 20  # as the SDK: flow control never holds the gateway back
 
@@ -295,21 +294,10 @@ class Swarm:
                 session.room = room_index
                 return session
 
-        failed: list[BaseException] = []
-        for _ in range(OPEN_ROUNDS):
-            need = missing_rooms(
-                int(first), int(count), len(names), [s.room for s in self.sessions]
-            )
-            if not need:
-                break
-            base, self.opened = self.opened, self.opened + len(need)
-            results = await asyncio.gather(
-                *(one(base + i, r) for i, r in enumerate(need)), return_exceptions=True
-            )
-            self.sessions += [r for r in results if isinstance(r, RawSession)]
-            failed = [r for r in results if not isinstance(r, RawSession)]
-        note = repr(failed[0]) if failed else ""
-        return {"live": len(self.sessions), "failed": len(failed), "note": note}
+        self.opened, reply = await open_missing(
+            self.sessions, _room_of, self.opened, int(first), int(count), len(names), one
+        )
+        return reply
 
     async def reset(self) -> dict[str, Any]:
         self.tally = Tally()
@@ -408,6 +396,10 @@ class Publisher:
             self.session.send(b"".join(frames))
 
         self.schedule = Paced(rate_hz * len(rooms), emit)
+
+
+def _room_of(session: RawSession) -> int:
+    return session.room
 
 
 async def main() -> None:

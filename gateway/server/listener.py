@@ -110,17 +110,16 @@ class Listener(QuicServer):
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
         self.datagrams_received += 1
         batching = self.batching
-        if batching is None:
-            self._receive(data, addr)
-            return
-        # What this datagram makes the connections send leaves when it is handled: no
-        # call_soon per received datagram, and a fan-out it triggers still goes out batched.
-        batching.hold()
+        # What these datagrams make the connections send leaves when they are handled: no
+        # call_soon per received datagram, and a fan-out they trigger still goes out batched.
+        if batching is not None:
+            batching.hold()
         try:
             self._receive(data, addr)
             self._drain()
         finally:
-            batching.release()
+            if batching is not None:
+                batching.release()
 
     def _drain(self) -> None:
         """Handle up to ``_DRAIN_MAX`` more datagrams already waiting on the socket in this
