@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import capacity, connections, fanout, growth, handoff, peer, sequencing
+from bench import capacity, connections, fanout, growth, handoff, lossy, peer, sequencing
 from bench.common import Figure, machine_info
 from bench.gateway import BENCH_GATEWAY, RunningGateway, gateway_process
 from bench.natsd import MissingPeer
@@ -35,6 +35,7 @@ SUITES: dict[str, Callable[[bool], list[Figure]]] = {
 }
 GATEWAY_SUITES: dict[str, Callable[[RunningGateway, bool], list[Figure]]] = {
     "handoff": handoff.run,
+    "lossy": lossy.run,
 }
 
 

@@ -8,7 +8,8 @@ speak the same QUIC.
 
 Where the two engines differ, the difference is a function here (:func:`peer_address`,
 :func:`unacked_bytes`, :func:`connection_unacked_bytes`, :func:`reset_stream`, :func:`closing`,
-:func:`send_stream_data`, :func:`h3_buffered_bytes`, :func:`h3_discard_stream`) or a fix to qh3
+:func:`send_stream_data`, :func:`h3_buffered_bytes`, :func:`h3_discard_stream`, the HTTP/3
+datagram functions) or a fix to qh3
 that makes it behave as aioquic does (:class:`QuicConnectionProtocol`'s ``close()``, the
 anti-amplification flight, clean closes logged as warnings), so no other module reads an engine's
 private state.
@@ -49,13 +50,17 @@ __all__ = [
     "close_reason",
     "closing",
     "connection_unacked_bytes",
+    "datagram_session_id",
     "early_data_lost_to_retry",
     "engine_version",
     "h3_buffered_bytes",
     "h3_discard_stream",
     "peer_address",
+    "peer_max_datagram_bytes",
+    "pending_datagram_bytes",
     "quic_connect",
     "reset_stream",
+    "send_h3_datagram",
     "send_stream_data",
     "serve",
     "unacked_bytes",
@@ -402,3 +407,39 @@ def h3_discard_stream(h3: Any, stream_id: int) -> None:
     blocked = getattr(h3, "_blocked_stream_map", None)  # qh3 only
     if blocked is not None:
         blocked.pop(stream_id, None)
+
+
+# ---- HTTP/3 datagrams (RFC 9297): aioquic names a session by its stream id, qh3 by stream id / 4
+
+
+def send_h3_datagram(h3: Any, session_id: int, payload: bytes) -> None:
+    """Queue an HTTP/3 datagram for the session opened by request stream ``session_id`` (the
+    caller transmits). The caller has checked :func:`peer_max_datagram_bytes`."""
+    if ENGINE == "aioquic":
+        h3.send_datagram(session_id, payload)
+    else:
+        h3.send_datagram(session_id // 4, payload)
+
+
+def datagram_session_id(event: Any) -> int:
+    """The request stream id of the session an HTTP/3 ``DatagramReceived`` belongs to."""
+    if ENGINE == "aioquic":
+        return int(event.stream_id)
+    return int(event.flow_id) * 4
+
+
+def peer_max_datagram_bytes(quic: Any) -> int:
+    """The largest HTTP/3 datagram payload the peer takes (its ``max_datagram_frame_size``
+    transport parameter, less the largest quarter-stream-id prefix, 8 bytes), capped by what
+    fits in one packet of the smallest size QUIC allows (1200 bytes, less 60 for headers); 0 if
+    the peer did not enable QUIC datagrams. The same attribute in both engines."""
+    size = quic._remote_max_datagram_frame_size
+    return 0 if not size else max(0, min(int(size), 1140) - 8)
+
+
+def pending_datagram_bytes(quic: Any) -> int | None:
+    """Bytes of DATAGRAM frames queued and not yet sent (waiting for congestion window), or None
+    where the engine does not say (qh3's native core keeps its queue to itself)."""
+    if ENGINE == "aioquic":
+        return sum(map(len, quic._datagrams_pending))
+    return None

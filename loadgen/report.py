@@ -135,6 +135,7 @@ _SECTIONS: list[tuple[str, list[tuple[str, _Getter]]]] = [
             ),
             ("reliable loss (all clients)", _g("delivery", "reliable_loss")),
             ("shed / missed", _pair(_g("delivery", "shed"), _g("delivery", "missed"))),
+            ("chatter lost on the way (datagrams)", _g("delivery", "chatter_lost")),
             ("duplicates", _g("delivery", "duplicates")),
             ("causal-order violations", _g("delivery", "order_violations")),
             (

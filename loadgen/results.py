@@ -54,6 +54,7 @@ def _delivery(c: Mapping[str, int]) -> dict[str, Any]:
         "reliable": reliable,
         "reliable_loss": reliable["lost"] + reliable["lost_gone"],
         "shed": c.get("shed", 0),
+        "chatter_lost": c.get("chatter_lost", 0),
         "missed": c.get("missed", 0),
         "duplicates": c.get("duplicates", 0),
         "duplicates_by_priority": _by_priority(c, "duplicates"),

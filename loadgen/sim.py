@@ -484,6 +484,7 @@ class SimClient:
         counters["sdk_reconnects"] += stats.reconnects
         counters["sdk_migrations"] += stats.migrations
         counters["shed"] += stats.skipped
+        counters["chatter_lost"] += stats.chatter_lost
         counters["missed"] += stats.missed
         counters["sdk_errors"] += stats.errors
         counters["room_resets"] += stats.room_resets

@@ -71,9 +71,13 @@ class RoomTracker:
         self.received = [0, 0, 0]  # distinct messages by priority: chatter, normal, high
 
     def in_order(self, message: Message) -> bool:
-        """Check ``message`` against the frontier, then advance it. False = order violation."""
+        """Check ``message`` against the frontier, then advance it. False = order violation.
+
+        Its shard's previous seq must have been delivered, unless the seqs in between are live
+        chatter the SDK passed over (lost datagrams: ``Message.chatter_before``)."""
         frontier = self.frontier
-        ok = message.seq == frontier.get(message.shard, 0) + 1 and all(
+        done = frontier.get(message.shard, 0)
+        ok = message.seq - 1 - message.chatter_before <= done < message.seq and all(
             seq <= frontier.get(shard, 0) for shard, seq in message.deps.items()
         )
         frontier[message.shard] = max(message.seq, frontier.get(message.shard, 0))

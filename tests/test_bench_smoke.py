@@ -15,6 +15,7 @@ import pytest
 
 from bench import natsd
 from bench.clientproc import missing_rooms, room_names
+from bench.lossy import MIXES, MODES
 from bench.peer import NATS, QUICK_WORKLOADS, SYSTEMS, ratio
 from bench.run import main
 from bench.swarm import count_deliver
@@ -160,6 +161,19 @@ def _check_peer(figures: dict[str, Any]) -> None:
                 )
 
 
+def _check_lossy(figures: dict[str, Any]) -> None:
+    for mix, normal_every in MIXES.items():
+        for mode in MODES:
+            assert 0 < float(figures[f"{mix}: chatter arrived, {mode}"]["value"]) <= 100
+            for priority in ("chatter", "normal") if normal_every else ("chatter",):
+                p50, p99, p999 = (
+                    float(figures[f"{mix}: {priority} {p}, {mode}"]["value"])
+                    for p in ("p50", "p99", "p99.9")
+                )
+                assert 0 < p50 <= p99 <= p999
+        assert float(figures[f"{mix}: chatter p99 ratio, stream / datagrams"]["value"]) > 0
+
+
 def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     assert main(["--quick", "--out", str(out)]) == 0
@@ -180,4 +194,5 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     _check_capacity(figures)
     _check_growth(figures, out)
     _check_peer(figures)
-    assert set(result["suite_seconds"]) >= {"fanout", "capacity", "growth", "peer"}
+    _check_lossy(figures)
+    assert set(result["suite_seconds"]) >= {"fanout", "capacity", "growth", "peer", "lossy"}

@@ -37,14 +37,17 @@ def capped(entries: list[Entry], max_bytes: int) -> list[Entry]:
     return entries
 
 
-def batches(encoded: list[bytes], max_bytes: int) -> Iterable[list[bytes]]:
+def batches(encoded: list[bytes], max_bytes: int, overhead: int = 0) -> Iterable[list[bytes]]:
+    """Cut ``encoded`` into runs of at most ``max_bytes`` (each item counting ``overhead`` more);
+    an item too big alone is a run of its own."""
     batch: list[bytes] = []
     size = 0
     for item in encoded:
-        if batch and size + len(item) > max_bytes:
+        cost = len(item) + overhead
+        if batch and size + cost > max_bytes:
             yield batch
             batch, size = [], 0
         batch.append(item)
-        size += len(item)
+        size += cost
     if batch:
         yield batch

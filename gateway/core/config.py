@@ -14,6 +14,7 @@ __all__ = ["CoreConfig", "require_int", "require_number"]
 
 _NODE_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _MAX_TICK_MS = 1000.0
+MAX_DATAGRAM_BYTES = 1100  # a DATAGRAM frame fits in a 1200-byte QUIC packet with its headers
 
 
 def require_int(obj: object, name: str, lo: int, hi: int | None = None) -> None:
@@ -56,6 +57,11 @@ class CoreConfig:
     - ``epochs_kept``: how many epochs (shard maps and their sealed shards' logs) a room keeps.
     - ``lz4_min_bytes``: a batch at least this large is also sent lz4-compressed, once, to the
       clients that negotiated lz4 (smaller ones don't gain enough to pay for it).
+    - ``chatter_datagram_bytes``: chatter of live rooms goes to the clients that negotiated
+      ``datagrams`` as QUIC datagrams of at most this many bytes (a ServerFrame each), where a
+      lost packet delays nothing else; the rest of a batch, and chatter too large for one
+      datagram, take the stream. 0 sends everything on the stream. At most 1100 (a datagram
+      must fit in QUIC's smallest packet, 1200 bytes, with its headers).
     - ``max_fetch_messages``: the most messages one Fetch returns (clients fetch again for more).
     - ``max_errors_per_session``: protocol errors a client may make before it is disconnected.
     - ``node_id``: a short name for this gateway, used in session ids (1-64 of A-Z a-z 0-9 _ . : -).
@@ -81,6 +87,7 @@ class CoreConfig:
     log_messages_per_shard: int = 10_000
     epochs_kept: int = 16
     lz4_min_bytes: int = 512
+    chatter_datagram_bytes: int = 1100
     max_fetch_messages: int = 1000
     max_errors_per_session: int = 20
     node_id: str = "n1"
@@ -116,6 +123,7 @@ class CoreConfig:
         ):
             require_int(self, name, 1)
         require_int(self, "lz4_min_bytes", 0)
+        require_int(self, "chatter_datagram_bytes", 0, MAX_DATAGRAM_BYTES)
         require_number(self, "slow_consumer_s", 0, above=True)
         if not isinstance(self.node_id, str) or not _NODE_ID_RE.fullmatch(self.node_id):
             raise ValueError(

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from gateway.core.batching import MAX_BATCH_BYTES, batches, plan_shedding
 from gateway.core.config import CoreConfig
-from gateway.core.outputs import Output, Send
+from gateway.core.outputs import Output, Send, SendDatagram
 from gateway.core.session import Session
 from gateway.core.shard import Entry
 from gateway.core.stats import HubStats
@@ -23,9 +23,46 @@ from gateway.wire.framing import delimit
 __all__ = ["PRIORITY_NAMES", "fan_out_shared", "fan_out_shedding"]
 
 PRIORITY_NAMES = {p: p.name.lower() for p in f.Priority}  # stats keys, named once
+# In a datagram (at most 1100 bytes), a ServerFrame{deliver} field costs its tag and a length of
+# up to 2 bytes around the Deliver, and so does each message field inside the Deliver.
+_FRAME_OVERHEAD = _FIELD_OVERHEAD = 3
 
 
 def fan_out_shared(
+    room: str,
+    ready: list[Entry],
+    conn_ids: tuple[int, ...],
+    sessions: Mapping[int, Session],
+    config: CoreConfig,
+    stats: HubStats,
+    out: list[Output],
+    *,
+    live: bool = False,
+) -> None:
+    """The common case: one encoding (and at most one lz4 compression) for everyone.
+
+    In a ``live`` room, the sessions that negotiated datagrams get the batch's chatter as
+    datagrams, sent first, and the rest on the stream: a lost packet then delays only the chatter
+    in it, and their clients pass over lost chatter (``Message.chatter_before``).
+    """
+    if live and config.chatter_datagram_bytes:
+        by_datagram = tuple(c for c in conn_ids if sessions[c].datagrams)
+        chatter = [e.encoded for e in ready if e.message.priority is f.Priority.CHATTER]
+        if by_datagram and chatter:
+            conn_ids = tuple(c for c in conn_ids if not sessions[c].datagrams)
+            too_big = _send_datagrams(room, chatter, by_datagram, sessions, config, stats, out)
+            rest = [
+                e.encoded
+                for e in ready
+                if e.message.priority is not f.Priority.CHATTER or e.encoded in too_big
+            ]
+            if rest:
+                _send_stream(room, rest, by_datagram, sessions, config, stats, out)
+    if conn_ids:
+        _send_stream(room, [e.encoded for e in ready], conn_ids, sessions, config, stats, out)
+
+
+def _send_stream(
     room: str,
     pending: list[bytes],
     conn_ids: tuple[int, ...],
@@ -34,7 +71,6 @@ def fan_out_shared(
     stats: HubStats,
     out: list[Output],
 ) -> None:
-    """The common case: one encoding (and at most one lz4 compression) for everyone."""
     groups: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # (plain, lz4), made once
     for batch in batches(pending, MAX_BATCH_BYTES):
         deliver = encode_deliver(room, batch)
@@ -45,10 +81,7 @@ def fan_out_shared(
             _send_all(conn_ids, delimit(deliver_frame(deliver)), stats, out)
             continue
         if groups is None:
-            groups = (
-                tuple(c for c in conn_ids if not sessions[c].lz4),
-                tuple(c for c in conn_ids if sessions[c].lz4),
-            )
+            groups = _by_lz4(conn_ids, sessions)
         plain_ids, lz4_ids = groups
         if plain_ids:
             _send_all(plain_ids, delimit(deliver_frame(deliver)), stats, out)
@@ -57,6 +90,55 @@ def fan_out_shared(
             stats.lz4_in += len(deliver)
             stats.lz4_out += len(packed)
             _send_all(lz4_ids, packed, stats, out)
+
+
+def _send_datagrams(
+    room: str,
+    chatter: list[bytes],
+    conn_ids: tuple[int, ...],
+    sessions: Mapping[int, Session],
+    config: CoreConfig,
+    stats: HubStats,
+    out: list[Output],
+) -> set[bytes]:
+    """Chatter as datagrams of at most ``chatter_datagram_bytes``; returns the messages too big
+    for a datagram on their own (they take the stream)."""
+    limit = config.chatter_datagram_bytes
+    room_bytes = len(encode_deliver(room, ())) + _FRAME_OVERHEAD
+    too_big: set[bytes] = set()
+    plain_ids, lz4_ids = _by_lz4(conn_ids, sessions)
+    for batch in batches(chatter, limit - room_bytes, overhead=_FIELD_OVERHEAD):
+        deliver = encode_deliver(room, batch)
+        plain = deliver_frame(deliver)
+        if len(plain) > limit:  # one message alone, over the limit
+            too_big.update(batch)
+            continue
+        stats.datagram_batches += 1
+        stats.datagram_messages += len(batch)
+        packed = None
+        if lz4_ids and len(deliver) >= config.lz4_min_bytes:
+            packed = deliver_lz4_frame(deliver)
+            if len(packed) >= len(plain):  # incompressible: lz4 would only add its header
+                packed = None
+        if packed is None:
+            _send_all_datagrams(conn_ids, plain, stats, out)
+            continue
+        stats.lz4_in += len(deliver)
+        stats.lz4_out += len(packed)
+        if plain_ids:
+            _send_all_datagrams(plain_ids, plain, stats, out)
+        _send_all_datagrams(lz4_ids, packed, stats, out)
+    return too_big
+
+
+def _by_lz4(
+    conn_ids: tuple[int, ...], sessions: Mapping[int, Session]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``conn_ids`` split into (plain, lz4) by what each session negotiated."""
+    return (
+        tuple(c for c in conn_ids if not sessions[c].lz4),
+        tuple(c for c in conn_ids if sessions[c].lz4),
+    )
 
 
 def fan_out_shedding(
@@ -92,3 +174,10 @@ def fan_out_shedding(
 def _send_all(conn_ids: tuple[int, ...], data: bytes, stats: HubStats, out: list[Output]) -> None:
     stats.bytes_out += len(data) * len(conn_ids)
     out.append(Send(conn_ids, data))
+
+
+def _send_all_datagrams(
+    conn_ids: tuple[int, ...], payload: bytes, stats: HubStats, out: list[Output]
+) -> None:
+    stats.bytes_out += len(payload) * len(conn_ids)
+    out.append(SendDatagram(conn_ids, payload))

@@ -44,6 +44,7 @@ from gateway.core.outputs import (
     RoomChanged,
     RoomInfo,
     Send,
+    SendDatagram,
     StoreRead,
 )
 from gateway.core.pacing import Pacer
@@ -67,10 +68,11 @@ __all__ = [
     "RoomChanged",
     "RoomInfo",
     "Send",
+    "SendDatagram",
     "StoreRead",
 ]
 
-CAPABILITIES = ("lz4",)
+CAPABILITIES = ("lz4", "datagrams")
 _VIOLATIONS = frozenset({ErrorCode.FORBIDDEN, ErrorCode.UNAUTHENTICATED})
 
 
@@ -471,6 +473,7 @@ class Hub:
         session.allowances = (*session.allowances, self._by_principal.acquire(principal.sub))
         common = tuple(c for c in CAPABILITIES if c in frame.capabilities)
         session.lz4 = "lz4" in common
+        session.datagrams = "datagrams" in common
         welcome = f.Welcome(
             f.PROTOCOL_VERSION,
             common,
@@ -804,9 +807,8 @@ class Hub:
             stats.fanout_wait_seconds.observe(now - at)
         out, sessions, config = self._outputs, self._sessions, self.config
         if served:
-            fan_out_shared(
-                room.name, [e.encoded for e in ready], served, sessions, config, stats, out
-            )
+            live = room.mode is RoomMode.LIVE
+            fan_out_shared(room.name, ready, served, sessions, config, stats, out, live=live)
         for conn_id in behind:
             fan_out_shedding(room.name, ready, sessions[conn_id], config, stats, out)
 

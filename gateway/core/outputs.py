@@ -11,12 +11,31 @@ from gateway.core.shard import Entry
 from gateway.errors import ErrorCode
 from gateway.wire import frames as f
 
-__all__ = ["Close", "Output", "Persist", "RoomChanged", "RoomInfo", "Send", "StoreRead"]
+__all__ = [
+    "Close",
+    "Output",
+    "Persist",
+    "RoomChanged",
+    "RoomInfo",
+    "Send",
+    "SendDatagram",
+    "StoreRead",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class Send:
     """Write ``data`` (complete, length-prefixed frames) to the stream of each connection."""
+
+    conn_ids: tuple[int, ...]
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendDatagram:
+    """Send ``data`` (one ServerFrame, not length-prefixed) to each connection's session as an
+    HTTP/3 datagram. Where it cannot go as one (the connection has no datagrams, or it does not
+    fit), write it on the stream instead, length-prefixed, like a :class:`Send`."""
 
     conn_ids: tuple[int, ...]
     data: bytes
@@ -67,7 +86,7 @@ class Close:
     reason: str
 
 
-Output = Send | Close | Persist | RoomChanged | StoreRead
+Output = Send | SendDatagram | Close | Persist | RoomChanged | StoreRead
 
 
 @dataclass(frozen=True, slots=True)

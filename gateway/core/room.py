@@ -189,6 +189,7 @@ class Room:
             client_msg_id=frame.client_msg_id,
             priority=frame.priority,
             body=frame.body,
+            live=self.mode is RoomMode.LIVE,
         )
         if frame.client_msg_id:
             self.remember(sender, frame.client_msg_id, shard.id, entry.message.seq)

@@ -63,6 +63,7 @@ class Session:
         "backlog",
         "conn_id",
         "connection",
+        "datagrams",
         "decoder",
         "errors",
         "jobs",
@@ -92,6 +93,7 @@ class Session:
         self.state = State.AWAITING_HELLO
         self.user = ""
         self.lz4 = False
+        self.datagrams = False  # negotiated: live chatter may come as QUIC datagrams
         self.rooms: set[str] = set()
         self.errors = 0
         self.violations = 0  # forbidden joins and publishes (this session's own)

@@ -35,7 +35,7 @@ class Shard:
     causality, which is what lets clients order across shards.
     """
 
-    __slots__ = ("_log", "clock", "id", "last_seq", "notified_seq", "sealed")
+    __slots__ = ("_chatter_run", "_log", "clock", "id", "last_seq", "notified_seq", "sealed")
 
     def __init__(self, shard_id: int, *, log_messages: int) -> None:
         if log_messages < 1:
@@ -45,6 +45,7 @@ class Shard:
         self.notified_seq = 0  # the last seq fanned out to subscribers (<= last_seq)
         self.sealed = False
         self.clock: dict[int, int] = {}
+        self._chatter_run = 0  # how many of the last seqs are live chatter (Message.chatter_before)
         self._log: deque[Entry] = deque(maxlen=log_messages)
 
     @property
@@ -60,11 +61,14 @@ class Shard:
         client_msg_id: str,
         priority: Priority,
         body: bytes,
+        live: bool = False,
     ) -> Entry:
         """Assign the next seq to a message whose dependencies are ``deps`` (other shards only).
 
-        The caller has validated ``deps`` against the room. Raises LocalProtocolError-free; a sealed
-        shard is a bug in the caller and raises RuntimeError.
+        ``live``: the room is live, so its chatter may be lost on the way (QUIC datagrams); the
+        message then says how many seqs right before it are chatter (``chatter_before``), which a
+        client may pass over. The caller has validated ``deps`` against the room. A sealed shard
+        is a bug in the caller and raises RuntimeError.
         """
         if self.sealed:
             raise RuntimeError(f"shard {self.id} is sealed")
@@ -73,9 +77,11 @@ class Shard:
             if seq > clock.get(shard, 0):
                 clock[shard] = seq
         self.last_seq += 1
+        run = self._chatter_run
         message = Message(
-            self.id, self.last_seq, dict(clock), sender, client_msg_id, priority, body
+            self.id, self.last_seq, dict(clock), sender, client_msg_id, priority, body, False, run
         )
+        self._chatter_run = run + 1 if live and priority == Priority.CHATTER else 0
         entry = Entry(message, encode_message(message))
         self._log.append(entry)
         return entry

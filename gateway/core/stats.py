@@ -124,6 +124,8 @@ class HubStats:
     acks: int = 0
     batches: int = 0  # Deliver frames built by fan-out (each sent to many)
     batch_messages: int = 0  # messages in them
+    datagram_batches: int = 0  # Deliver frames of live chatter built to go as datagrams
+    datagram_messages: int = 0  # messages in them
     deliveries: int = 0  # messages x recipients
     bytes_out: int = 0  # fan-out bytes handed to connections (after lz4)
     lz4_in: int = 0  # Deliver bytes before compression, when compressed

@@ -33,6 +33,7 @@ from gateway.engine import (
     ENGINE_ERRORS,
     H3_ALPN,
     ConnectionTerminated,
+    DatagramReceived,
     H3Connection,
     HandshakeCompleted,
     HeadersReceived,
@@ -45,12 +46,14 @@ from gateway.engine import (
     acknowledge_every_second_packet,
     close_reason,
     closing,
+    datagram_session_id,
     early_data_lost_to_retry,
     send_stream_data,
 )
 from gateway.errors import ConnectionLost, ErrorCode, GatewayError, LocalProtocolError, ServerError
 from gateway.sdk.session import (
     Answer,
+    ChatterLostEvent,
     ClientSession,
     MessageEvent,
     MissedEvent,
@@ -88,7 +91,7 @@ class ClientConfig:
     token_provider: Callable[[], str] | None = None
     ca_file: Path | str | None = None
     verify: bool = True
-    capabilities: tuple[str, ...] = ("lz4",)
+    capabilities: tuple[str, ...] = ("lz4", "datagrams")
     dual_stack: bool = False
     local_host: str | None = None
     idle_timeout_s: float = 30.0
@@ -111,6 +114,7 @@ class ClientStats:
     migrations: int = 0
     reconnects: int = 0
     skipped: int = 0
+    chatter_lost: int = 0  # live chatter lost on the way as datagrams, passed over
     missed: int = 0
     shard_maps: int = 0
     room_resets: int = 0  # rooms the gateway lost and made anew (history unknown)
@@ -202,6 +206,11 @@ class _LinkProtocol(QuicConnectionProtocol):
                     link.status.set_result(int(status))
                 elif h3_event.stream_ended:
                     self.client._link_lost(link, "the gateway ended the session")
+            elif (
+                isinstance(h3_event, DatagramReceived)
+                and datagram_session_id(h3_event) == link.connect_stream
+            ):
+                self.client._on_datagram(link, h3_event.data)
 
 
 class Client:
@@ -660,6 +669,18 @@ class Client:
         if ended:
             self._link_lost(link, "the gateway ended the session stream")
 
+    def _on_datagram(self, link: _Link, payload: bytes) -> None:
+        if link is not self._link:
+            return
+        try:
+            events = self.session.receive_datagram(payload, self._loop.time())
+        except GatewayError as exc:
+            log.warning("gateway sent an undecodable datagram: %s", exc)
+            link.protocol.close(error_code=0x101, reason_phrase="bad datagram from gateway")
+            return
+        for event in events:
+            self._dispatch(event)
+
     def _dispatch(self, event: SessionEvent) -> None:
         if isinstance(event, MessageEvent):
             if self._messages.qsize() >= self.config.max_queued_messages:
@@ -671,6 +692,8 @@ class Client:
             self._answer(event)
         elif isinstance(event, SkippedEvent):
             self.stats.skipped += event.count
+        elif isinstance(event, ChatterLostEvent):
+            self.stats.chatter_lost += event.count
         elif isinstance(event, MissedEvent):
             self.stats.missed += event.count
         elif isinstance(event, ShardMapEvent):

@@ -15,8 +15,13 @@ A :class:`Reconciler` turns whatever arrives into:
   no longer has (:meth:`Reconciler.lost`). Nothing is skipped silently.
 
 A message of shard S with seq k is *ready* when the map of S's epoch is known,
-``delivered[S] == k - 1``, ``delivered[T] >= deps[T]`` for every T in deps and, when k == 1,
-``delivered[T] >= sealed[T]`` for every T sealed by that epoch's map.
+``delivered[S] == k - 1``, ``delivered[T] >= deps[T]`` for every T in deps and, when it is the
+first of S delivered, ``delivered[T] >= sealed[T]`` for every T sealed by that epoch's map.
+
+Live chatter may travel as QUIC datagrams, which can be lost: a message whose
+``chatter_before`` is c is also ready with ``delivered[S] >= k - 1 - c`` when no earlier seq of S
+is held; the chatter in between that never came is passed over (:attr:`Reconciler.passed`), not
+waited for or fetched, and dropped as a duplicate if it comes later.
 
 Nothing here does IO or reads a clock: callers pass ``now`` (seconds, any origin). Time is taken as
 monotone: an earlier ``now`` than one already seen counts as the latest seen.
@@ -171,6 +176,8 @@ class Reconciler:
         "_missed",
         "_now",
         "_outbox",
+        "_passed",
+        "_passed_untaken",
         "_refetch_after",
         "_room",
         "_seqs",
@@ -223,6 +230,8 @@ class Reconciler:
         self._missed = 0
         self._evicted = 0
         self._skipped = 0
+        self._passed = 0
+        self._passed_untaken = 0
 
     # ---- state -----------------------------------------------------------------------------------
 
@@ -250,6 +259,17 @@ class Reconciler:
     def skipped(self) -> int:
         """Tombstones passed over: messages the gateway shed for this client."""
         return self._skipped
+
+    @property
+    def passed(self) -> int:
+        """Live chatter passed over: seqs never received when a later message of their shard
+        was delivered (lost on the way as datagrams, most likely)."""
+        return self._passed
+
+    def take_passed(self) -> int:
+        """How much chatter was passed over since the last call (part of :attr:`passed`)."""
+        taken, self._passed_untaken = self._passed_untaken, 0
+        return taken
 
     @property
     def evicted(self) -> int:
@@ -291,7 +311,7 @@ class Reconciler:
         for shard in sorted(info.shards):
             self._shard_epoch[shard] = sm.epoch
             # The shard's next message was waiting for this map (nothing else wakes it).
-            self._nominate((shard, self._delivered.get(shard, 0) + 1))
+            self._nominate_first(shard)
         # Sealed seqs are known to exist; stamped with the latest time seen (maps carry none).
         for shard, seq in info.sealed.items():
             self._learn(shard, seq)
@@ -470,6 +490,12 @@ class Reconciler:
         if key in self._buffer:
             self._candidates[key] = None
 
+    def _nominate_first(self, shard: int) -> None:
+        """Queue the lowest buffered message of ``shard``: the only one of it that can be next."""
+        seqs = self._seqs.get(shard)
+        if seqs:
+            self._candidates[(shard, seqs[0])] = None
+
     def _pump(self) -> None:
         """Deliver ready candidates, cascading, until none is left or the stream is full."""
         while self._candidates and len(self._outbox) < self._max_buffered:
@@ -482,13 +508,18 @@ class Reconciler:
         shard, seq = key
         epoch = self._shard_epoch.get(shard)
         # Not ready yet: woken by its map (apply_shard_map) or by its predecessor (_advance).
-        if epoch is None or self._delivered.get(shard, 0) != seq - 1:
+        if epoch is None:
             return False
+        done = self._delivered.get(shard, 0)
         m = self._buffer[key]
+        if done != seq - 1 and (
+            done < seq - 1 - m.chatter_before or self._seqs[shard][0] != seq
+        ):  # missing seqs before it, not all of them chatter, or an earlier one is held
+            return False
         # A tombstone's successor carries every dependency it had (per-shard clocks only grow),
         # so a tombstone waits only for its predecessor (and, as a first seq, the sealed seqs).
         blocker = None if m.shed else self._unmet(m.deps)
-        if blocker is None and seq == 1:
+        if blocker is None and done == 0:
             blocker = self._unmet(self._epochs[epoch].sealed)
         if blocker is None:
             return True
@@ -506,6 +537,10 @@ class Reconciler:
         m = self._buffer.pop(key)
         self._drop_seq(shard, seq)
         self._unblock(key)
+        passed = seq - 1 - self._delivered.get(shard, 0)  # chatter that never came
+        if passed:
+            self._passed += passed
+            self._passed_untaken += passed
         if m.shed:  # not sent to this client: counted, never shown, never fetched
             self._skipped += 1
             self._advance(shard, seq)
@@ -532,7 +567,7 @@ class Reconciler:
                     self._nominate(key)
             if not waiting:
                 del self._waiting[shard]
-        self._nominate((shard, upto + 1))
+        self._nominate_first(shard)
         if upto >= self._known_last.get(shard, 0):
             self._behind.discard(shard)
         self._forget_below(shard, upto)

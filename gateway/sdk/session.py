@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gateway.errors import ErrorCode, LocalProtocolError
+from gateway.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from gateway.sdk.reconcile import Delivered, Gap, Reconciler
 from gateway.wire import frames as f
 from gateway.wire.codec import decode_server_frame, encode_client_frame
@@ -20,6 +20,7 @@ from gateway.wire.framing import FrameDecoder, delimit
 
 __all__ = [
     "Answer",
+    "ChatterLostEvent",
     "ClientSession",
     "MessageEvent",
     "MissedEvent",
@@ -65,6 +66,16 @@ class SkippedEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ChatterLostEvent:
+    """``count`` live chatter messages of this room never came (lost on the way as QUIC
+    datagrams, docs/protocol.md §1.7): a later message of their shard was delivered without
+    them, as chatter may be. Never a reliable message."""
+
+    room: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class MissedEvent:
     """Messages the gateway no longer has: the client will never see them.
 
@@ -86,7 +97,15 @@ class RoomResetEvent:
     room: str
 
 
-SessionEvent = Answer | MessageEvent | ShardMapEvent | SkippedEvent | MissedEvent | RoomResetEvent
+SessionEvent = (
+    Answer
+    | MessageEvent
+    | ShardMapEvent
+    | SkippedEvent
+    | ChatterLostEvent
+    | MissedEvent
+    | RoomResetEvent
+)
 
 
 class ClientSession:
@@ -205,6 +224,21 @@ class ClientSession:
             self._handle(decode_server_frame(payload), now, events)
         return events
 
+    def receive_datagram(self, payload: bytes, now: float) -> list[SessionEvent]:
+        """One HTTP/3 datagram of the session from the gateway: a whole ServerFrame (no length
+        prefix), only ever a ``Deliver`` of a live room's chatter, which may arrive in any order
+        relative to the stream, or never. Raises RemoteProtocolError on garbage or another
+        frame."""
+        frame = decode_server_frame(payload)
+        if not isinstance(frame, f.Deliver):
+            raise RemoteProtocolError(
+                f"a datagram may carry only Deliver, got {type(frame).__name__}",
+                code=ErrorCode.UNKNOWN_FRAME,
+            )
+        events: list[SessionEvent] = []
+        self._handle(frame, now, events)
+        return events
+
     def _handle(self, frame: f.ServerFrame, now: float, events: list[SessionEvent]) -> None:
         match frame:
             case f.Deliver():
@@ -277,8 +311,7 @@ class ClientSession:
         if reconciler is None:
             return  # left the room; late batches are dropped
         reconciler.receive(messages, now)
-        for delivered in reconciler.drain():
-            events.append(_message_event(room, delivered))
+        _drain(room, reconciler, events)
 
     def _fetched(self, frame: f.Fetched, now: float, events: list[SessionEvent]) -> None:
         self._fetches.pop(frame.request_id, None)
@@ -303,8 +336,7 @@ class ClientSession:
         if gap is not None:
             events.append(MissedEvent(room, gap.to_seq - gap.from_seq + 1, gap))
         if reconciler is not None:
-            for delivered in reconciler.drain():
-                events.append(_message_event(room, delivered))
+            _drain(room, reconciler, events)
 
     def _fetch(self, room: str, shard: int, from_seq: int, to_seq: int) -> bytes:
         request_id = next(self._request_ids)
@@ -317,6 +349,15 @@ class ClientSession:
     @staticmethod
     def _frame(frame: f.ClientFrame) -> bytes:
         return delimit(encode_client_frame(frame))
+
+
+def _drain(room: str, reconciler: Reconciler, events: list[SessionEvent]) -> None:
+    """What ``reconciler`` delivered, as events, and the chatter it passed over."""
+    for delivered in reconciler.drain():
+        events.append(_message_event(room, delivered))
+    passed = reconciler.take_passed()
+    if passed:
+        events.append(ChatterLostEvent(room, passed))
 
 
 def _message_event(room: str, delivered: Delivered) -> MessageEvent:

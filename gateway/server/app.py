@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from gateway.core.auth import Authenticator
-from gateway.core.hub import Close, Hub, Output, Persist, RoomChanged, Send, StoreRead
+from gateway.core.hub import Close, Hub, Output, Persist, RoomChanged, Send, SendDatagram, StoreRead
 from gateway.engine import (
     H3_ALPN,
     NetworkAddress,
@@ -384,13 +384,17 @@ class GatewayServer:
         persists: list[Persist] = []
         cut: set[int] = set()  # closed over their hard cap: nothing more goes to them
         for output in outputs:
-            if isinstance(output, Send):
-                data = output.data
-                budget = self._budget
+            if isinstance(output, Send | SendDatagram):
+                send = (
+                    GatewayProtocol.send_frames
+                    if isinstance(output, Send)
+                    else GatewayProtocol.send_datagram
+                )
+                data, budget = output.data, self._budget
                 for conn_id in output.conn_ids:
                     route = routes.get(conn_id)
                     if route is not None and conn_id not in cut:
-                        route.protocol.send_frames(route.stream_id, data)
+                        send(route.protocol, route.stream_id, data)
                         touched[route.protocol] = None
                         queued = route.protocol.queued_bytes(route.stream_id)
                         if queued >= budget and self.hub.report_backlog(

@@ -213,6 +213,20 @@ class GatewayCollector:
             "never read them).",
             server.counters["unread_released"],
         )
+        c = server.counters
+        yield _labelled_counter(
+            "skein_chatter_datagrams_total",
+            "Chatter Deliver frames per recipient by how they went: as a QUIC datagram (sent), "
+            "on the stream because the client's QUIC has no datagrams or it did not fit "
+            "(stream), or dropped while the connection had too many datagrams waiting (dropped).",
+            "outcome",
+            {
+                "sent": c["datagrams_sent"],
+                "stream": c["datagrams_on_stream"],
+                "dropped": c["datagrams_dropped"],
+            },
+            ("sent", "stream", "dropped"),
+        )
         yield _gauge("skein_sessions", "Open chat sessions.", server.hub.session_count)
         yield _counter(
             "skein_sessions_opened_total", "Chat sessions opened.", stats.sessions_opened
@@ -312,6 +326,16 @@ class GatewayCollector:
         )
         yield _histogram(
             "skein_batch_size_messages", "Messages per Deliver frame.", stats.batch_size_messages
+        )
+        yield _counter(
+            "skein_datagram_batches_total",
+            "Deliver frames of live chatter built to go as QUIC datagrams (each sent to many).",
+            stats.datagram_batches,
+        )
+        yield _counter(
+            "skein_datagram_batch_messages_total",
+            "Messages in those frames.",
+            stats.datagram_messages,
         )
         yield _counter(
             "skein_fanout_bytes_total",

@@ -57,12 +57,16 @@ from gateway.engine import (
     h3_buffered_bytes,
     h3_discard_stream,
     peer_address,
+    peer_max_datagram_bytes,
+    pending_datagram_bytes,
     reset_stream,
+    send_h3_datagram,
     send_stream_data,
     unacked_bytes,
 )
 from gateway.server import http
 from gateway.server.h3guard import DROP, H3_EXCESSIVE_LOAD, H3_REQUEST_REJECTED, PASS, RequestGuard
+from gateway.wire.framing import delimit
 
 if TYPE_CHECKING:
     from gateway.server.app import GatewayServer
@@ -76,6 +80,9 @@ log = logging.getLogger("skein.server")
 _H3_NO_ERROR = 0x100
 _MAX_EARLY_SESSIONS = 4
 _MAX_EARLY_BYTES = 64 * 1024
+# Bytes of DATAGRAM frames a connection may have waiting for congestion window (aioquic's queue
+# has no bound of its own); past it new ones are dropped: they carry only chatter.
+_MAX_PENDING_DATAGRAM_BYTES = 64 * 1024
 _connection_keys = itertools.count(1)
 
 
@@ -111,6 +118,7 @@ class GatewayProtocol(QuicConnectionProtocol):
         core = gateway.config.core
         self._limits = core.limits
         self._max_backlog = core.max_backlog_bytes
+        self._send_budget = core.send_budget_bytes
         self._guard = RequestGuard(
             core.limits.max_request_header_bytes, core.limits.request_deadline_s
         )
@@ -262,7 +270,7 @@ class GatewayProtocol(QuicConnectionProtocol):
             if session is not None and event.stream_ended:  # the client closed the session
                 self._client_ended(session, event.stream_id)
         elif isinstance(event, DatagramReceived):
-            pass  # clients send nothing on datagrams (yet); ignoring them is harmless
+            pass  # clients have nothing to send as datagrams (docs/protocol.md §1.7): ignored
 
     def _on_headers(self, event: HeadersReceived) -> None:
         if self._guard.is_refused(event.stream_id):
@@ -430,6 +438,32 @@ class GatewayProtocol(QuicConnectionProtocol):
         Dropped if the stream or connection is over: the hub hears of it from their events."""
         send_stream_data(self._quic, stream_id, data)
 
+    def send_datagram(self, stream_id: int, payload: bytes) -> None:
+        """Send one ServerFrame, ``payload``, to the session of frame stream ``stream_id`` as an
+        HTTP/3 datagram (the server transmits after a batch); on the stream, length-prefixed,
+        if the client's QUIC has no datagrams or the payload does not fit in one. Dropped, and
+        counted, while the connection already has ``_MAX_PENDING_DATAGRAM_BYTES`` waiting (qh3
+        does not say what waits: there, while its backlog is over the send budget). Waiting
+        datagrams count in the connection's backlog (:meth:`queued_bytes`)."""
+        session = self._by_stream.get(stream_id)
+        if session is None or session.ended or self._h3 is None or closing(self._quic):
+            return
+        counters = self.gateway.counters
+        if len(payload) > peer_max_datagram_bytes(self._quic):
+            counters["datagrams_on_stream"] += 1
+            send_stream_data(self._quic, stream_id, delimit(payload))
+            return
+        pending = pending_datagram_bytes(self._quic)
+        if (
+            pending >= _MAX_PENDING_DATAGRAM_BYTES
+            if pending is not None
+            else self.unread_bytes() >= self._send_budget
+        ):
+            counters["datagrams_dropped"] += 1
+            return
+        counters["datagrams_sent"] += 1
+        send_h3_datagram(self._h3, session.connect_stream_id, payload)
+
     def queued_bytes(self, stream_id: int) -> int:
         """The connection's backlog, which its one send budget is measured against: bytes
         written to any of its streams (``stream_id``'s and every other) and not yet
@@ -443,8 +477,11 @@ class GatewayProtocol(QuicConnectionProtocol):
         return total
 
     def unread_bytes(self) -> int:
-        """Bytes the gateway wrote on this connection that the client has not acknowledged."""
-        return connection_unacked_bytes(self._quic, self._sending)
+        """Bytes the gateway wrote on this connection that the client has not acknowledged, and
+        datagrams waiting to be sent."""
+        return connection_unacked_bytes(self._quic, self._sending) + (
+            pending_datagram_bytes(self._quic) or 0
+        )
 
     def finish_session(self, stream_id: int) -> None:
         """End a session the gateway closed: FIN its frame stream and its CONNECT stream."""

@@ -63,7 +63,8 @@ class Session {
     const stream = await this.transport.createBidirectionalStream();
     this.writer = stream.writable.getWriter();
     this.read(stream.readable.getReader());
-    this.send({ hello: { protocol_version: 1, capabilities: [], client_name: name } });
+    this.readDatagrams(this.transport.datagrams.readable.getReader());
+    this.send({ hello: { protocol_version: 1, capabilities: ["datagrams"], client_name: name } });
     this.every(PING_EVERY_MS, () => this.send({ ping: { nonce: Date.now() } }));
   }
 
@@ -102,6 +103,22 @@ class Session {
         console.error(err);
         this.close(`page error: ${err}`);
       }
+    }
+  }
+
+  /** Live chatter as datagrams (§1.7): each is one whole ServerFrame, a Deliver; any may be lost. */
+  async readDatagrams(reader) {
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done || this.closed) break;
+        const frame = decode(value);
+        if (frame.kind !== "deliver") throw new ProtocolViolation(`a datagram carried ${frame.kind}`);
+        this.onFrame(frame);
+      }
+    } catch (err) {
+      if (err instanceof ProtocolViolation) this.close(`protocol error: ${err.message}`);
+      // else: the transport closed; read() reports why
     }
   }
 

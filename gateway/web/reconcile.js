@@ -2,7 +2,10 @@
 //
 // The rules of gateway/sdk/reconcile.py and docs/protocol.md §6-7, in a smaller form. A message
 // (S, k) of epoch E is ready when E's shard map is known, delivered[S] == k - 1,
-// delivered[T] >= deps[T] for every T in deps and, when k == 1, delivered[T] >= sealed(E)[T].
+// delivered[T] >= deps[T] for every T in deps and, when it is S's first delivered, delivered[T] >=
+// sealed(E)[T]. Live chatter may come as datagrams and be lost: a message is also ready with
+// delivered[S] >= k - 1 - chatter_before when it is the lowest held of S; the chatter it passes
+// over counts as skipped (§1.7, §6.4).
 // Ready messages are delivered once each; the others wait in a bounded buffer. Delivered messages
 // are kept sorted by key = [base_sum(E) + sum(deps) + seq, shard, seq]: a linear extension of
 // causality on which every client holding the same messages agrees.
@@ -192,20 +195,23 @@ export class Room {
   _ready(shard, seq, m) {
     const epoch = this.shardEpoch.get(shard);
     if (epoch === undefined) return false;
+    const done = this._done(shard);
+    // The seqs between the frontier and this one must all be chatter it may pass over.
+    if (done < seq - 1 - Number(m.chatter_before || 0)) return false;
     // A tombstone carries no deps: its successor carries them (per-shard clocks only grow).
     if (!m.shed) for (const [s, q] of clockOf(m.deps)) if (this._done(s) < q) return false;
-    if (seq === 1) for (const [s, q] of this.epochs.get(epoch).sealed) if (this._done(s) < q) return false;
+    if (done === 0) for (const [s, q] of this.epochs.get(epoch).sealed) if (this._done(s) < q) return false;
     return true;
   }
 
   _pump() {
-    // Only a shard's next seq can be ready; each pass that delivers nothing ends the loop.
+    // Only a shard's lowest held seq can be ready; each pass that delivers nothing ends the loop.
     for (let progress = true; progress; ) {
       progress = false;
       for (const [shard, held] of [...this.buffer]) {
-        const seq = this._done(shard) + 1;
+        const seq = Math.min(...held.keys());
         const m = held.get(seq);
-        if (m && this._ready(shard, seq, m)) {
+        if (this._ready(shard, seq, m)) {
           this._unbuffer(shard, seq);
           this._deliver(shard, seq, m);
           progress = true;
@@ -215,6 +221,7 @@ export class Room {
   }
 
   _deliver(shard, seq, m) {
+    this.stats.skipped += seq - 1 - this._done(shard); // chatter that never came
     this.delivered.set(shard, seq);
     if (m.shed) {
       this.stats.skipped++;

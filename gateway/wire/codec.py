@@ -184,6 +184,7 @@ def _message_to_pb(msg: f.Message, out: pb.Message) -> None:
     out.sender, out.client_msg_id = msg.sender, msg.client_msg_id
     out.priority, out.body = pb.Priority.ValueType(msg.priority), msg.body
     out.shed = msg.shed
+    out.chatter_before = msg.chatter_before
 
 
 def _message_from_pb(m: pb.Message) -> f.Message:
@@ -196,6 +197,7 @@ def _message_from_pb(m: pb.Message) -> f.Message:
         _priority(m.priority),
         m.body,
         m.shed,
+        m.chatter_before,
     )
 
 

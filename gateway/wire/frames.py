@@ -255,10 +255,15 @@ class Message:
     priority: Priority
     body: bytes
     shed: bool = False  # a tombstone: shed for this client (only shard and seq mean anything)
+    # Live rooms: seqs seq - chatter_before .. seq - 1 of this shard are chatter, which a client
+    # may pass over when it lacks them (they may have been lost as QUIC datagrams).
+    chatter_before: int = 0
 
     def __post_init__(self) -> None:
         if self.seq < 1:
             raise _bad(f"message seq must be >= 1, got {self.seq}")
+        if not 0 <= self.chatter_before < self.seq:
+            raise _bad(f"message {self.shard}:{self.seq} has chatter_before {self.chatter_before}")
         _check_clock("deps", self.deps)
 
 

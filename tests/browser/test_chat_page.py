@@ -127,6 +127,26 @@ async def test_browser_and_sdk_client_chat_both_ways(
     assert path.stat().st_size > 10_000
 
 
+async def test_the_page_takes_live_chatter_as_datagrams(
+    start_gateway: StartGateway, browser: Browser, ca_file: Path
+) -> None:
+    server = await start_gateway(CoreConfig())
+    page = ChatPage(await browser.new_page())
+    await page.open(page_url(server))
+    await page.connect("webby", "lobby")
+    # The SDK client asks for no datagrams: every datagram the gateway sends goes to the page.
+    async with connect(chat_url(server), name="sam", ca_file=ca_file, capabilities=()) as sdk:
+        await sdk.join("lobby")
+        bodies = [f"chatter {i}" for i in range(5)]
+        for body in bodies:
+            await sdk.publish("lobby", body.encode(), priority=f.Priority.CHATTER)
+            await asyncio.sleep(0.05)  # one Deliver each (an idle room sends at once)
+        shown = await page.wait_shown(len(bodies))
+    assert [s.body for s in shown] == bodies
+    assert server.counters["datagrams_sent"] >= len(bodies)
+    assert server.counters["datagrams_on_stream"] == 0
+
+
 async def test_page_loaded_as_localhost_reaches_the_gateway(
     start_gateway: StartGateway, browser: Browser, ca_file: Path
 ) -> None:

@@ -13,6 +13,7 @@ import random
 from typing import Any
 
 from gateway.core.config import CoreConfig
+from gateway.core.shard import Shard
 from gateway.errors import ErrorCode
 from gateway.wire import frames as f
 from gateway.wire.codec import encode_server_frame
@@ -145,3 +146,58 @@ async def test_framing_refuses_what_the_protocol_refuses(
     assert "over 5 bytes" in await page.page.evaluate(f"{_FRAMING_ERROR}({six_byte_prefix})")
     at_limit = list(delimit(b"x" * 1000))
     assert await page.page.evaluate(f"{_FRAMING_ERROR}({at_limit})") == "no error"
+
+
+_RECONCILE = """
+(async ({ frames, order }) => {
+  const { Room } = await import("/reconcile.js");
+  const root = protobuf.parse(await (await fetch("/skein/v1/frames.proto")).text(), { keepCase: true }).root;
+  const ServerFrame = root.lookupType("skein.v1.ServerFrame");
+  const room = new Room("lobby");
+  room.applyMap({ epoch: 1, shards: [1] });
+  const shown = [];
+  for (const i of order) {
+    const bytes = Uint8Array.from(atob(frames[i]), (c) => c.charCodeAt(0));
+    room.accept(ServerFrame.decode(bytes).deliver.messages, 0);
+    shown.push(...room.take().delivered.map((e) => e.message.seq));
+  }
+  return { shown, skipped: room.stats.skipped, duplicates: room.stats.duplicates, held: room.buffered };
+})
+"""
+
+
+async def test_the_page_passes_over_lost_chatter_and_waits_for_the_rest(
+    start_gateway: StartGateway, browser: Browser
+) -> None:
+    """Messages stamped by the gateway's sequencer; one Deliver each, as datagrams would bring."""
+    server = await start_gateway(CoreConfig())
+    page = ChatPage(await browser.new_page())
+    await page.open(page_url(server))
+    shard = Shard(1, log_messages=100)
+    kinds = [f.Priority.CHATTER, f.Priority.NORMAL, f.Priority.CHATTER, f.Priority.CHATTER]
+    kinds += [f.Priority.HIGH, f.Priority.CHATTER]
+    messages = [
+        shard.sequence(deps={}, sender="s", client_msg_id="", priority=p, body=b"", live=True)
+        for p in kinds
+    ]
+    frames = [
+        base64.b64encode(encode_server_frame(f.Deliver("lobby", (e.message,)))).decode()
+        for e in messages
+    ]
+
+    async def run(order: list[int]) -> dict[str, Any]:
+        args = {"frames": frames, "order": order}
+        result: dict[str, Any] = await page.page.evaluate(f"{_RECONCILE}({json.dumps(args)})")
+        return result
+
+    # Chatter 1, 3 and 4 lost: the normal and high messages do not wait for them.
+    assert await run([1, 4, 5]) == {"shown": [2, 5, 6], "skipped": 3, "duplicates": 0, "held": 0}
+    # Chatter 3 late, after 5 passed it over: dropped; chatter 4 in time.
+    assert await run([0, 1, 3, 4, 2]) == {
+        "shown": [1, 2, 4, 5],
+        "skipped": 1,
+        "duplicates": 1,
+        "held": 0,
+    }
+    # The normal message 2 is missing: chatter 3 waits for it (it is no chatter to pass over).
+    assert await run([0, 2]) == {"shown": [1], "skipped": 0, "duplicates": 0, "held": 1}

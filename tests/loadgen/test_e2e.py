@@ -74,8 +74,15 @@ async def test_a_short_scenario_through_every_kind_of_handoff(
     delivery = run["delivery"]
     assert delivery["published"]["total"] > 100 and delivery["published"]["high"] > 0
     assert delivery["expected"]["total"] > delivery["published"]["total"]  # fan-out
-    assert delivery["reliable_loss"] == 0 and delivery["loss"]["total"] == 0
-    assert delivery["received"] == delivery["expected"]
+    loss = delivery["loss"]
+    assert delivery["reliable_loss"] == 0 and loss["normal"] == 0 and loss["high"] == 0
+    for priority in ("normal", "high"):
+        assert delivery["received"][priority] == delivery["expected"][priority]
+    # Chatter travels as datagrams: what a blackout or a path change drops is gone, and the SDK
+    # passes over it (counted) instead of waiting. The loss is that, plus at most the last chatter
+    # of a shard with nothing after it, per client, room and shard.
+    tail = SCENARIO["clients"] * SCENARIO["rooms"]["per_client"] * 4  # type: ignore[index,operator]
+    assert delivery["chatter_lost"] <= loss["chatter"] <= delivery["chatter_lost"] + tail
     assert delivery["order_violations"] == 0
     assert delivery["duplicates"] == 0
     assert delivery["shed"] == 0 and delivery["missed"] == 0

@@ -589,6 +589,7 @@ class Message(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     SHED_FIELD_NUMBER: _builtins.int
+    CHATTER_BEFORE_FIELD_NUMBER: _builtins.int
     shard: _builtins.int
     seq: _builtins.int
     sender: _builtins.str
@@ -598,6 +599,11 @@ class Message(_message.Message):
     shed: _builtins.bool
     """A tombstone: this client was not sent the message (it was shed because the client fell
     behind). Only shard and seq are set; the client counts it as skipped and never fetches it.
+    """
+    chatter_before: _builtins.int
+    """Live rooms only: how many seqs right before this one (seq - chatter_before .. seq - 1 of this
+    shard) are chatter. A client that lacks them need not wait for them or fetch them: chatter may
+    travel in QUIC datagrams, which can be lost. 0 (omitted): the previous seq must come first.
     """
     @_builtins.property
     def deps(self) -> Global___VectorClock: ...
@@ -612,10 +618,11 @@ class Message(_message.Message):
         priority: Global___Priority.ValueType = ...,
         body: _builtins.bytes = ...,
         shed: _builtins.bool = ...,
+        chatter_before: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deps", b"deps"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "client_msg_id", b"client_msg_id", "deps", b"deps", "priority", b"priority", "sender", b"sender", "seq", b"seq", "shard", b"shard", "shed", b"shed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "chatter_before", b"chatter_before", "client_msg_id", b"client_msg_id", "deps", b"deps", "priority", b"priority", "sender", b"sender", "seq", b"seq", "shard", b"shard", "shed", b"shed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
