@@ -396,7 +396,7 @@ class GatewayServer:
                     if route is not None and conn_id not in cut:
                         send(route.protocol, route.stream_id, data)
                         touched[route.protocol] = None
-                        queued = route.protocol.queued_bytes(route.stream_id)
+                        queued = route.protocol.backlog(route.stream_id)
                         if queued >= budget and self.hub.report_backlog(
                             conn_id, queued, self.now()
                         ):
