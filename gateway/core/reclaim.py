@@ -22,8 +22,10 @@ What becomes of its state:
 The schedule is a heap with exactly one entry per room held, looked at when it comes due: a busy
 room is looked at again ``room_idle_s`` later, an idle one when its ``room_idle_s`` is up. So the
 timer costs O(log rooms) per room per ``room_idle_s``, and a room is reclaimed exactly
-``room_idle_s`` after it went idle (or at its next look, at most ``room_idle_s`` later, if it
-went idle without the hub noting it in ``Room.active_at``).
+``room_idle_s`` after it went idle, as the hub notes it in ``Room.active_at`` (a Leave, a
+disconnect). A room that went idle unnoted since a look that found it busy (a session the gateway
+closed, whose disconnect carries no time) counts as idle from the look that finds it so: it is
+never reclaimed sooner than ``room_idle_s`` after it went idle, and at most twice that after.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class Reclaimer:
         if not idle_s > 0:
             raise ValueError(f"idle_s must be > 0, got {idle_s!r}")
         self.idle_s = idle_s
-        self._heap: list[tuple[float, str]] = []
+        # (when to look, room, when a look last found it busy or None), one per room held
+        self._heap: list[tuple[float, str, float | None]] = []
         self.dormant: set[str] = set()
         self.loading: dict[str, list[tuple[int, f.Join]]] = {}
 
@@ -67,7 +70,7 @@ class Reclaimer:
         """The hub took room ``name`` into memory at ``now`` (made, restored or loaded). Call
         once per time it enters the hub's rooms."""
         self.dormant.discard(name)
-        heapq.heappush(self._heap, (now + self.idle_s, name))
+        heapq.heappush(self._heap, (now + self.idle_s, name, None))
 
     def next_due(self) -> float | None:
         """When :meth:`due` next has something to look at, or None."""
@@ -80,16 +83,18 @@ class Reclaimer:
         heap, idle_s = self._heap, self.idle_s
         out: list[Room] = []
         while heap and heap[0][0] <= now and len(out) < MAX_RECLAIMS_PER_TIMER:
-            _, name = heapq.heappop(heap)
+            _, name, busy_at = heapq.heappop(heap)
             room = rooms.get(name)
             if room is None:
                 continue
             if room.subscribers or not room.can_reshard:
-                heapq.heappush(heap, (now + idle_s, name))
+                heapq.heappush(heap, (now + idle_s, name, now))
                 continue
             idle_since = max(room.active_at, room.fanned_out_at)
+            if busy_at is not None and idle_since < busy_at:
+                idle_since = now  # it went idle since that look, and nobody said when
             if idle_since + idle_s > now:
-                heapq.heappush(heap, (idle_since + idle_s, name))
+                heapq.heappush(heap, (idle_since + idle_s, name, None))
                 continue
             out.append(room)
         return out

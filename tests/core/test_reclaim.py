@@ -90,6 +90,24 @@ def test_idle_rooms_are_reclaimed_and_the_cap_frees_up() -> None:
     assert [type(x) for x in net.take(alice)] == [f.Joined]
 
 
+def test_a_room_whose_last_subscriber_the_gateway_closed_gets_its_full_idle_time() -> None:
+    """A session closed for its errors leaves its rooms with no time noted: the room still gets
+    at least room_idle_s from the look that finds it idle, not from its last noted activity."""
+    hub = Hub(CoreConfig(room_idle_s=IDLE_S))
+    p = Peer(hub, 1, "p")
+    p.send(f.Join(1, "lobby"), 0.0)
+    tick(hub, [p], IDLE_S)  # a look: busy
+    p.send_raw(b"\xff\xff\xff\xff\x0f", 150.0)  # a frame far too large: closed, fatal
+    pump(hub, [p])
+    assert p.closed is ErrorCode.FRAME_TOO_LARGE
+    tick(hub, [p], 2 * IDLE_S)  # the next look finds it idle, since some time unknown
+    assert hub.room_names() == ["lobby"]
+    tick(hub, [p], 3 * IDLE_S - 0.001)
+    assert hub.room_names() == ["lobby"]
+    tick(hub, [p], 3 * IDLE_S)
+    assert hub.room_names() == []
+
+
 def test_a_room_waiting_for_the_store_is_not_idle() -> None:
     hub = Hub(CoreConfig(room_idle_s=IDLE_S), durable=True)
     p = Peer(hub, 1, "p")
