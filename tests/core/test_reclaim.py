@@ -296,3 +296,34 @@ def test_a_room_is_reclaimed_exactly_when_it_has_been_empty_for_room_idle_s(
                 empty_since = now
         pump(hub, peers)
         assert ("r" in hub.room_names()) == (bool(inside) or empty_since is not None)
+
+
+def test_rooms_restored_at_startup_are_reclaimed_when_idle_and_free_the_cap() -> None:
+    hub = Hub(CoreConfig(room_idle_s=IDLE_S, max_rooms=3), durable=True)
+    for i in range(3):  # the store held three rooms: restored, the cap reached
+        hub.restore_room(
+            f"old-{i}",
+            incarnation=10 + i,
+            mode="live",
+            maps=[
+                f.ShardMap(f"old-{i}", 1, (1,), {}, 0),
+                f.ShardMap(f"old-{i}", 17, (1025,), {1: 4}, 4),
+            ],
+            high_water={1: 4},
+            next_shard_id=1026,
+            now=0.0,
+        )
+    p = Peer(hub, 1, "p")
+    p.send(f.Join(1, "new"), 1.0)
+    pump(hub, [p])
+    assert [e.code for e in p.take(f.Error)] == [ErrorCode.TOO_MANY_ROOMS]
+    hub.handle_timer(IDLE_S)
+    assert hub.room_names() == []
+    assert sorted(o.room for o in hub.take_outputs() if isinstance(o, RoomReclaimed)) == [
+        "old-0",
+        "old-1",
+        "old-2",
+    ]
+    p.send(f.Join(2, "new"), IDLE_S)
+    pump(hub, [p])
+    assert [j.room for j in p.take(f.Joined)] == ["new"]
