@@ -45,6 +45,8 @@ publish_rate_per_connection_per_s = 100000.0
 publish_burst_per_connection = 100000.0
 join_rate_per_connection_per_s = 100000.0
 join_burst_per_connection = 100000.0
+room_create_rate_per_principal_per_s = 100000.0
+room_create_burst_per_principal = 100000.0
 handshake_rate_per_s = 100000.0
 handshake_burst = 100000.0
 [store]

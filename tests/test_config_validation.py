@@ -134,6 +134,11 @@ def test_no_float_setting_takes_nan_and_only_retention_takes_inf(
         ('[server]\nchat_path = "chat"', "[server] chat_path must be a path starting with /"),
         ('[core]\nnode_id = ""', "[core] node_id must be 1-64 characters"),
         ("[core]\nslow_consumer_s = 0", "[core] slow_consumer_s must be a finite number > 0"),
+        ("[core]\nroom_idle_s = 0", "[core] room_idle_s must be a finite number > 0"),
+        (
+            "[core.limits]\nroom_create_burst_per_principal = 0.5",
+            "[core.limits] room_create_burst_per_principal must be a finite number >= 1",
+        ),
         ("[core.limits]\nmax_connections = 0", "[core.limits] max_connections must be"),
         ("[core.limits]\nhandshake_burst = 0.5", "[core.limits] handshake_burst must be"),
         ('[core.limits]\nretry = "never"', "[core.limits] retry must be one of off, always"),

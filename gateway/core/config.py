@@ -52,7 +52,12 @@ class CoreConfig:
     - ``max_frame_bytes``: the largest frame a client may send (the length prefix is checked
       before any of it is buffered); at most 16 MiB, at least ``max_body_bytes`` + 1024.
     - ``max_body_bytes``: the largest message body.
-    - ``max_rooms_per_session`` / ``max_rooms``: bounds on joins per connection and rooms in all.
+    - ``max_rooms_per_session`` / ``max_rooms``: bounds on joins per connection and rooms in all
+      (rooms held in memory, and rooms being taken up from the store).
+    - ``room_idle_s``: a room with no subscriber and no pending work (nothing waiting for
+      fan-out or for the store) for this long is reclaimed: dropped from memory, so that
+      ``max_rooms`` counts only live rooms. A durable gateway keeps its state in the store and
+      takes it up again on the next Join (:mod:`gateway.core.reclaim`).
     - ``log_messages_per_shard``: the in-memory ring each shard keeps for fetches and resumes.
     - ``epochs_kept``: how many epochs (shard maps and their sealed shards' logs) a room keeps.
     - ``lz4_min_bytes``: a batch at least this large is also sent lz4-compressed, once, to the
@@ -84,6 +89,7 @@ class CoreConfig:
     max_body_bytes: int = 16 * 1024
     max_rooms_per_session: int = 64
     max_rooms: int = 100_000
+    room_idle_s: float = 300.0
     log_messages_per_shard: int = 10_000
     epochs_kept: int = 16
     lz4_min_bytes: int = 512
@@ -125,6 +131,7 @@ class CoreConfig:
         require_int(self, "lz4_min_bytes", 0)
         require_int(self, "chatter_datagram_bytes", 0, MAX_DATAGRAM_BYTES)
         require_number(self, "slow_consumer_s", 0, above=True)
+        require_number(self, "room_idle_s", 0, 30 * 24 * 3600.0, above=True)
         if not isinstance(self.node_id, str) or not _NODE_ID_RE.fullmatch(self.node_id):
             raise ValueError(
                 f"node_id must be 1-64 characters of A-Z a-z 0-9 _ . : -, got {self.node_id!r}"

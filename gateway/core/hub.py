@@ -17,6 +17,10 @@ Backpressure: one send budget per QUIC connection, measured by the server over a
 (:meth:`Hub.report_backlog`); fan-out sheds over it, and join replays and fetch answers go out
 only as the connection reads (:mod:`gateway.core.pacing`).
 
+Idle rooms (no subscriber, nothing pending) are reclaimed after ``room_idle_s``, a durable hub
+keeping their state in the store and taking it up again on the next Join
+(:mod:`gateway.core.reclaim`).
+
 Limits: each session's Join, Publish and Fetch rates and its violations are charged to its QUIC
 connection (the ``connection`` key given to :meth:`Hub.connect`) and to its principal, shared with
 every other session of either (:mod:`gateway.core.principals`). Nothing a client sends raises past
@@ -39,16 +43,19 @@ from gateway.core.fanout import PRIORITY_NAMES, fan_out_shared, fan_out_shedding
 from gateway.core.limits import TokenBucket
 from gateway.core.outputs import (
     Close,
+    LoadRoom,
     Output,
     Persist,
     RoomChanged,
     RoomInfo,
+    RoomReclaimed,
     Send,
     SendDatagram,
     StoreRead,
 )
 from gateway.core.pacing import Pacer
 from gateway.core.principals import Allowances, charge
+from gateway.core.reclaim import Reclaimer
 from gateway.core.room import Room, RoomMode
 from gateway.core.session import Session, State
 from gateway.core.shard import Entry
@@ -63,10 +70,12 @@ __all__ = [
     "CAPABILITIES",
     "Close",
     "Hub",
+    "LoadRoom",
     "Output",
     "Persist",
     "RoomChanged",
     "RoomInfo",
+    "RoomReclaimed",
     "Send",
     "SendDatagram",
     "StoreRead",
@@ -132,6 +141,8 @@ class Hub:
         self._by_connection: Allowances[Hashable] = Allowances(limits, limits.max_connections)
         self._by_principal: Allowances[str] = Allowances(limits, limits.max_connections)
         self._unexpected = Unexpected()
+        # Idle rooms reclaimed; dormant (durable) ones taken up again on a Join.
+        self._reclaim = Reclaimer(self.config.room_idle_s)
         # One send budget per QUIC connection; replays and fetches paced by it (core/pacing.py).
         self._pacer = Pacer(self.config, self._rooms, self._emit, self.stats, durable=self.durable)
         self._handlers: dict[type[f.ClientFrame], Callable[[Session, Any, float], None]] = {
@@ -240,6 +251,7 @@ class Hub:
             room = self._rooms.get(name)
             if room is not None:
                 room.subscribers.discard(conn_id)
+                room.active_at = max(room.active_at, now)
         session.rooms.clear()
 
     # ---- timers and outputs ---------------------------------------------------------------------
@@ -323,6 +335,8 @@ class Hub:
             times.append(self._flush_at)
         if self._watch_at is not None:  # congested connections: a look every tick
             times.append(self._watch_at)
+        if (reclaim := self._reclaim.next_due()) is not None:
+            times.append(reclaim)
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
@@ -368,6 +382,19 @@ class Hub:
             room = self._rooms.get(name)
             if room is not None:
                 self._maybe_reshard(room, now)
+        self._reclaim_idle(now)
+
+    def _reclaim_idle(self, now: float) -> None:
+        """Drop the rooms idle for ``room_idle_s``; a durable hub keeps their names (dormant) and
+        asks the store to record their marks."""
+        for room in self._reclaim.due(now, self._rooms):
+            del self._rooms[room.name]
+            self._checks.pop(room.name, None)
+            self.stats.rooms_reclaimed += 1
+            self.stats.shards_sealed += len(room.current_shards)  # no longer live here
+            if self.durable:
+                self._reclaim.dormant.add(room.name)
+                self._outputs.append(RoomReclaimed(room.name, room.marks()))
 
     def _close_expired(self, now: float) -> None:
         """Close every session whose token has expired: a grant ends when its token does."""
@@ -412,7 +439,8 @@ class Hub:
     # ---- introspection --------------------------------------------------------------------------
 
     def room_names(self, *, mode: str | None = None) -> list[str]:
-        """Every room's name, sorted; only those in ``mode`` (``"live"``, ``"group"``) if given."""
+        """Every room's name, sorted; only those in ``mode`` (``"live"``, ``"group"``) if given.
+        Rooms held in memory only: a reclaimed room is not among them until it is joined again."""
         if mode is None:
             return sorted(self._rooms)
         return sorted(name for name, room in self._rooms.items() if room.mode.value == mode)
@@ -483,35 +511,53 @@ class Hub:
         )
         self._send_frame(session, welcome)
 
-    def _room_for_join(self, name: str, request_id: int, now: float) -> Room:
+    def _room_for_join(self, session: Session, frame: f.Join, now: float) -> Room | None:
+        """The room a Join names: held, else made (or, dormant, taken up from the store: None,
+        the Join waits for :meth:`room_loaded`). Bringing a room into memory counts against
+        ``max_rooms`` and the principal's room-creation rate."""
+        name, request_id = frame.room, frame.request_id
         room = self._rooms.get(name)
-        if room is None:
-            if len(self._rooms) >= self.config.max_rooms:
-                raise Rejected(
-                    "the gateway has too many rooms",
-                    code=ErrorCode.TOO_MANY_ROOMS,
-                    request_id=request_id,
-                )
-            mode = RoomMode.LIVE
-            if self.config.is_group_room(name):
-                mode = RoomMode.GROUP
-            room = Room(
-                name,
-                mode=mode,
-                policy=make_policy(self.config.sharding),
-                now=now,
-                log_messages=self.config.log_messages_per_shard,
-                epochs_kept=self.config.epochs_kept,
-                initial_shards=self.config.sharding.min_shards,
-                incarnation=secrets.randbits(63) or 1,
+        if room is not None:
+            return room
+        reclaim = self._reclaim
+        if reclaim.wait(name, session.conn_id, frame):
+            return None
+        if len(self._rooms) + len(reclaim.loading) >= self.config.max_rooms:
+            raise Rejected(
+                "the gateway has too many rooms",
+                code=ErrorCode.TOO_MANY_ROOMS,
+                request_id=request_id,
             )
-            room.bucket = self._room_bucket()
-            self._rooms[name] = room
-            self._room_changed(room, created=True)
-            self.stats.shards_opened += len(room.current_shards)
+        charge(session.allowances, "create", now, request_id)
+        if name in reclaim.dormant:
+            reclaim.start_load(name, session.conn_id, frame)
+            self._outputs.append(LoadRoom(name))
+            return None
+        return self._make_room(name, now)
+
+    def _make_room(self, name: str, now: float) -> Room:
+        """A new room (a new incarnation), held and recorded."""
+        mode = RoomMode.LIVE
+        if self.config.is_group_room(name):
+            mode = RoomMode.GROUP
+        room = Room(
+            name,
+            mode=mode,
+            policy=make_policy(self.config.sharding),
+            now=now,
+            log_messages=self.config.log_messages_per_shard,
+            epochs_kept=self.config.epochs_kept,
+            initial_shards=self.config.sharding.min_shards,
+            incarnation=secrets.randbits(63) or 1,
+        )
+        room.bucket = self._room_bucket()
+        self._rooms[name] = room
+        self._reclaim.add(name, now)
+        self._room_changed(room, created=True)
+        self.stats.shards_opened += len(room.current_shards)
         return room
 
-    def _on_join(self, session: Session, frame: f.Join, now: float) -> None:
+    def _check_room_count(self, session: Session, frame: f.Join) -> None:
         if (
             frame.room not in session.rooms
             and len(session.rooms) >= self.config.max_rooms_per_session
@@ -521,6 +567,9 @@ class Hub:
                 code=ErrorCode.TOO_MANY_ROOMS,
                 request_id=frame.request_id,
             )
+
+    def _on_join(self, session: Session, frame: f.Join, now: float) -> None:
+        self._check_room_count(session, frame)
         assert session.principal is not None
         if not session.principal.may_join(frame.room):
             raise Rejected(
@@ -529,7 +578,12 @@ class Hub:
                 request_id=frame.request_id,
             )
         charge(session.allowances, "join", now, frame.request_id)
-        room = self._room_for_join(frame.room, frame.request_id, now)
+        room = self._room_for_join(session, frame, now)
+        if room is not None:
+            self._join(session, room, frame, now)
+
+    def _join(self, session: Session, room: Room, frame: f.Join, now: float) -> None:
+        """Subscribe the session: Joined, then the replay its cursor asks for."""
         held: list[tuple[int, int, int]] = []
         missed = 0
         older: list[tuple[int, int, int]] = []
@@ -557,6 +611,8 @@ class Hub:
         room = self._rooms.get(frame.room)
         if room is not None:
             room.subscribers.discard(session.conn_id)
+            room.active_at = max(room.active_at, now)
+        self._reclaim.cancel(frame.room, session.conn_id)
         self._send_frame(session, f.Left(frame.request_id, frame.room))
 
     def _joined_room(self, session: Session, name: str, request_id: int) -> Room:
@@ -677,7 +733,9 @@ class Hub:
         now: float,
         recent: Iterable[tuple[str, str, int, int]] = (),
     ) -> None:
-        """Take up a room from the durable store at startup (before any session exists).
+        """Take up a room from the durable store: at startup (before any session exists), or
+        when :class:`LoadRoom` asked for it (then call :meth:`room_loaded`). Not counted against
+        ``max_rooms`` at startup; reclaimed like any room once idle for ``room_idle_s``.
 
         ``recent``: its newest stored publishes as (sender, client_msg_id, shard, seq), oldest
         first, for the retry window: a publish stored before the crash and retried after it is
@@ -696,6 +754,40 @@ class Hub:
             room.remember(sender, client_msg_id, shard, seq)
         room.bucket = self._room_bucket()
         self._rooms[name] = room
+        self._reclaim.add(name, now)
+        self.stats.shards_opened += len(room.current_shards)
+
+    def room_loaded(self, name: str, now: float) -> None:
+        """The store answered a :class:`LoadRoom`: the room is restored (:meth:`restore_room`),
+        or, if the store had nothing of it, made anew here. The Joins that waited for it are
+        answered now, in order, as if they had just arrived (those of sessions gone or left are
+        dropped). Nothing raises: a refusal becomes that session's Error."""
+        waiting = self._reclaim.finish_load(name)
+        room = self._rooms.get(name)
+        if room is None:
+            self._reclaim.dormant.discard(name)
+            room = self._make_room(name, now)
+        for conn_id, frame in waiting:
+            session = self._sessions.get(conn_id)
+            if session is None or session.state is State.CLOSED:
+                continue
+            try:
+                self._check_room_count(session, frame)
+                self._join(session, room, frame, now)
+            except GatewayError as exc:
+                self._fail(session, exc)
+            except Exception as exc:
+                self._fail_unexpected(session, exc, "answering a join")
+
+    def room_load_failed(self, name: str, reason: str, now: float) -> None:
+        """The store could not answer a :class:`LoadRoom`: the Joins that waited get a non-fatal
+        INTERNAL error (they may join again, which asks the store again); the room stays
+        dormant."""
+        for conn_id, frame in self._reclaim.finish_load(name):
+            session = self._sessions.get(conn_id)
+            if session is not None and session.state is not State.CLOSED:
+                error = f"room {name!r} could not be read from the store ({reason}); retry later"
+                self._send_frame(session, f.Error(ErrorCode.INTERNAL, error, frame.request_id))
 
     def high_water(self, name: str) -> dict[int, int]:
         """The last seq each current shard of a room assigned (stored with each commit)."""

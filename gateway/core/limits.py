@@ -291,6 +291,13 @@ class LimitsConfig:
       stream).
     - ``request_deadline_s``: how long a request stream may take, from its first byte, to
       deliver a whole request; then it is reset with H3_REQUEST_REJECTED.
+    - ``room_create_rate_per_principal_per_s`` / ``room_create_burst_per_principal``: rooms a
+      principal may bring into being (a Join of a room the gateway does not hold in memory: a
+      new room, or one reclaimed while idle and taken up again from the store), charged like
+      the join bucket to the session's principal and to its QUIC connection; over it,
+      RATE_LIMITED with the wait. With ``CoreConfig.room_idle_s`` it bounds the idle rooms one
+      principal can keep in memory to about ``burst + rate * room_idle_s``, so no one token can
+      use up ``max_rooms``.
     - ``unread_grace_s``: how long a session the gateway ended keeps what it had queued and
       the client has not acknowledged (its last frames, the Error, the FIN); after that the
       stream is reset and the bytes dropped, and a connection with no session left is closed.
@@ -306,6 +313,8 @@ class LimitsConfig:
     join_burst_per_connection: float = 50.0
     fetch_rate_per_connection_per_s: float = 20.0
     fetch_burst_per_connection: float = 200.0
+    room_create_rate_per_principal_per_s: float = 1.0
+    room_create_burst_per_principal: float = 64.0
     handshake_rate_per_s: float = 500.0
     handshake_burst: float = 1000.0
     retry: str = "auto"
@@ -342,6 +351,7 @@ class LimitsConfig:
             ("publish_rate_per_room_per_s", "publish_burst_per_room"),
             ("join_rate_per_connection_per_s", "join_burst_per_connection"),
             ("fetch_rate_per_connection_per_s", "fetch_burst_per_connection"),
+            ("room_create_rate_per_principal_per_s", "room_create_burst_per_principal"),
             ("history_rate_per_connection_per_s", "history_burst_per_connection"),
             ("handshake_rate_per_s", "handshake_burst"),
         ):
@@ -367,6 +377,12 @@ class LimitsConfig:
     def connection_fetch_bucket(self) -> TokenBucket:
         """A new session's fetch bucket."""
         return TokenBucket(self.fetch_rate_per_connection_per_s, self.fetch_burst_per_connection)
+
+    def room_create_bucket(self) -> TokenBucket:
+        """A new principal's (and connection's) room-creation bucket."""
+        return TokenBucket(
+            self.room_create_rate_per_principal_per_s, self.room_create_burst_per_principal
+        )
 
     def room_publish_buckets(self, max_rooms: int) -> KeyedBuckets[str]:
         """Publish buckets by room name, for at most ``max_rooms`` rooms (CoreConfig.max_rooms)."""

@@ -13,10 +13,12 @@ from gateway.wire import frames as f
 
 __all__ = [
     "Close",
+    "LoadRoom",
     "Output",
     "Persist",
     "RoomChanged",
     "RoomInfo",
+    "RoomReclaimed",
     "Send",
     "SendDatagram",
     "StoreRead",
@@ -86,7 +88,29 @@ class Close:
     reason: str
 
 
-Output = Send | SendDatagram | Close | Persist | RoomChanged | StoreRead
+@dataclass(frozen=True, slots=True)
+class RoomReclaimed:
+    """(Durable hubs) The room was idle for ``room_idle_s`` and is no longer in memory: record
+    ``high_water`` (shard id -> the last seq it assigned, for every retained shard) as the
+    room's marks, after every earlier write of the room, so that a :class:`LoadRoom` seals its
+    shards exactly there."""
+
+    room: str
+    high_water: dict[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRoom:
+    """(Durable hubs) A Join names a room reclaimed earlier: once every write of it that was
+    submitted has ended, take it up from the store as a restart does (seal its last epoch, store
+    the new one, read its retry window), then call :meth:`Hub.restore_room` with it (unless the
+    store has nothing of it) and :meth:`Hub.room_loaded`; if the store fails,
+    :meth:`Hub.room_load_failed`. Exactly one of the two must follow."""
+
+    room: str
+
+
+Output = Send | SendDatagram | Close | Persist | RoomChanged | StoreRead | RoomReclaimed | LoadRoom
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,8 @@
 One QUIC connection carries any number of WebTransport sessions one after another (and up to
 ``max_sessions_per_connection`` at once), and one principal (a token's subject) may open any
 number of connections. Buckets made per session would give each new session a fresh burst and a
-fresh violation count, so the hub charges every Join, Publish and Fetch, and every violation, to
+fresh violation count, so the hub charges every Join, Publish and Fetch, every room it brings into
+memory for a Join (``create``), and every violation, to
 two :class:`Allowance` objects instead: its connection's and its principal's. A request goes
 through only if both have a token for it (:func:`take_all`), and a violation counts against both.
 
@@ -34,22 +35,23 @@ _EVICTION_SCAN = 16
 
 
 class Allowance:
-    """The publish, join and fetch buckets and the violation count one connection or one
-    principal shares among its sessions. ``holders``: sessions holding it right now."""
+    """The publish, join, fetch and room-creation buckets and the violation count one connection
+    or one principal shares among its sessions. ``holders``: sessions holding it right now."""
 
-    __slots__ = ("fetch", "holders", "join", "publish", "violations")
+    __slots__ = ("create", "fetch", "holders", "join", "publish", "violations")
 
     def __init__(self, limits: LimitsConfig) -> None:
         self.publish = limits.connection_publish_bucket()
         self.join = limits.connection_join_bucket()
         self.fetch = limits.connection_fetch_bucket()
+        self.create = limits.room_create_bucket()
         self.violations = 0
         self.holders = 0
 
     def pristine(self, now: float) -> bool:
         """True when forgetting it changes nothing: no violation and every bucket full."""
         return self.violations == 0 and all(
-            bucket.is_full(now) for bucket in (self.publish, self.join, self.fetch)
+            bucket.is_full(now) for bucket in (self.publish, self.join, self.fetch, self.create)
         )
 
 
@@ -123,12 +125,17 @@ def take_all(buckets: Sequence[TokenBucket], now: float) -> float:
     return 0.0
 
 
-_DOING = {"publish": "publishing", "join": "joining", "fetch": "fetching"}
+_DOING = {
+    "publish": "publishing",
+    "join": "joining",
+    "fetch": "fetching",
+    "create": "creating rooms",
+}
 
 
 def charge(
     allowances: Sequence[Allowance],
-    kind: Literal["publish", "join", "fetch"],
+    kind: Literal["publish", "join", "fetch", "create"],
     now: float,
     request_id: int,
 ) -> None:

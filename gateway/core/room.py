@@ -66,6 +66,9 @@ class Room:
         self.policy = policy
         self.subscribers: set[int] = set()
         self.fanned_out_at = float("-inf")  # when the room last sent a batch (the hub's clock)
+        # When a subscriber last left (or the room was made): with fanned_out_at, when it went
+        # idle, for reclaiming (gateway.core.reclaim).
+        self.active_at = now
         self._rotation = 0
         self._log_messages = log_messages
         self._next_shard_id = 1
@@ -253,6 +256,10 @@ class Room:
             if shard.notified_seq:
                 result[shard.id] = shard.notified_seq
         return result
+
+    def marks(self) -> dict[int, int]:
+        """The last seq of every retained shard that assigned any (sealed ones included)."""
+        return {sid: shard.last_seq for sid, shard in self._shards.items() if shard.last_seq}
 
     def shard(self, shard_id: int) -> Shard:
         """A retained shard, or Rejected(OUT_OF_RANGE)."""

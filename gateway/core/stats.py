@@ -140,6 +140,9 @@ class HubStats:
     # the difference is how many shards are live, without walking every room at scrape time.
     shards_opened: int = 0
     shards_sealed: int = 0
+    # Rooms dropped from memory after room_idle_s idle (gateway.core.reclaim); their live shards
+    # count as sealed here.
+    rooms_reclaimed: int = 0
     # Messages per Deliver frame, one observation per frame built by fan-out.
     batch_size_messages: Histogram = field(default_factory=_batch)
     # From a message's sequencing (which is its receipt: the hub sequences on arrival) to its

@@ -17,7 +17,18 @@ from dataclasses import dataclass
 from functools import partial
 
 from gateway.core.auth import Authenticator
-from gateway.core.hub import Close, Hub, Output, Persist, RoomChanged, Send, SendDatagram, StoreRead
+from gateway.core.hub import (
+    Close,
+    Hub,
+    LoadRoom,
+    Output,
+    Persist,
+    RoomChanged,
+    RoomReclaimed,
+    Send,
+    SendDatagram,
+    StoreRead,
+)
 from gateway.engine import (
     H3_ALPN,
     NetworkAddress,
@@ -362,6 +373,19 @@ class GatewayServer:
         self._reads.add(task)
         task.add_done_callback(self._reads.discard)
 
+    def _load_room(self, load: LoadRoom) -> None:
+        """Take a reclaimed room up from the store, off the loop; its Joins are answered then."""
+
+        async def run() -> None:
+            await self.durability.load(self.hub, load)
+            if self._server is not None:  # not while closing
+                self._pump()
+
+        assert self._loop is not None
+        task = self._loop.create_task(run())
+        self._reads.add(task)
+        task.add_done_callback(self._reads.discard)
+
     def _pump(self) -> None:
         # Connections to transmit on, in the order the hub's Sends name them (a dict keeps it):
         # the hub rotates each batch's subscribers, so the same ones are not always sent last.
@@ -421,6 +445,10 @@ class GatewayServer:
                 self.durability.room_changed(output)
             elif isinstance(output, StoreRead):
                 self._store_read(output)
+            elif isinstance(output, RoomReclaimed):
+                self.durability.reclaimed(output)
+            elif isinstance(output, LoadRoom):
+                self._load_room(output)
         return persists
 
     def _arm_timer(self) -> None:

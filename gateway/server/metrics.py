@@ -254,7 +254,14 @@ class GatewayCollector:
 
     def _rooms(self) -> Iterator[Metric]:
         stats = self._server.hub.stats
-        yield _gauge("skein_rooms", "Rooms this gateway holds.", len(self._server.hub.room_names()))
+        yield _gauge(
+            "skein_rooms", "Rooms this gateway holds in memory.", len(self._server.hub.room_names())
+        )
+        yield _counter(
+            "skein_rooms_reclaimed_total",
+            "Rooms dropped from memory after room_idle_s with no subscriber and nothing pending.",
+            stats.rooms_reclaimed,
+        )
         yield _gauge(
             "skein_shards",
             "Live shards across all rooms (each room has 1..max_shards).",

@@ -9,6 +9,10 @@ has no record of, so if that record write fails (a full disk) the room's reliabl
 too (``INTERNAL``: not acknowledged; the publisher retries) instead of being stored where a
 restart could not find them. A record (or shard map) whose write failed is written again, ahead
 of the room's next messages, until it is stored.
+
+A room the hub reclaimed while idle (``RoomReclaimed``) gets its final marks recorded, after every
+earlier write of it; a Join of it later (``LoadRoom``) waits for those writes to end, then takes
+the room up from the store as a restart does (:func:`~gateway.store.recovery.recover_room`).
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gateway.core.hub import Hub, Persist, RoomChanged, StoreRead
+from gateway.core.hub import Hub, LoadRoom, Persist, RoomChanged, RoomReclaimed, StoreRead
 from gateway.core.room import DEDUPE_WINDOW
 from gateway.errors import GatewayError
-from gateway.store.base import StoreConfig, next_cursor, open_store
+from gateway.store.base import Store, StoreConfig, next_cursor, open_store
 from gateway.store.records import EpochRecord, RoomRecord, StoredMessage
-from gateway.store.recovery import recover
+from gateway.store.recovery import RecoveredRoom, recover, recover_room
 from gateway.store.writer import StoreWriter
 from gateway.wire import frames as f
 from gateway.wire.codec import encode_server_frame
@@ -55,31 +59,22 @@ class Durability:
         self._unconfirmed: dict[str, RoomRecord] = {}
         self._failed_rooms: set[str] = set()
         self._failed_epochs: dict[str, dict[int, EpochRecord]] = {}
+        # Per room, the last write of its record, a shard map or its final marks still going:
+        # taking a reclaimed room up again waits for it.
+        self._writing: dict[str, asyncio.Future[None]] = {}
+        self._store: Store | None = None
 
     async def open(self, hub: Hub, now: float) -> int:
         """Open the store, seal every stored room's last epoch, restore the rooms in the hub.
 
         Returns how many rooms were restored. Raises StoreError if the store can't be opened.
         """
-        store = await asyncio.to_thread(open_store, self.config)
-
-        def mode_of(room: str) -> str:  # as the hub decides a new room's mode
-            return "group" if hub.config.is_group_room(room) else "live"
-
+        store = self._store = await asyncio.to_thread(open_store, self.config)
         rooms = await asyncio.to_thread(
-            recover, store, dedupe_window=DEDUPE_WINDOW, mode_of=mode_of
+            recover, store, dedupe_window=DEDUPE_WINDOW, mode_of=self._mode_of(hub)
         )
         for r in rooms:
-            hub.restore_room(
-                r.room.room,
-                incarnation=r.room.incarnation,
-                mode=r.room.mode,
-                maps=[e.to_map() for e in r.epochs],
-                high_water=dict(r.high_water),
-                next_shard_id=r.next_shard_id,
-                recent=[(p.sender, p.client_msg_id, p.shard, p.seq) for p in r.recent],
-                now=now,
-            )
+            self._restore(hub, r, now)
         cfg = self.config
         self.writer = StoreWriter(
             store,
@@ -90,6 +85,26 @@ class Durability:
         await self.writer.start()
         self._trimmer = asyncio.get_running_loop().create_task(self._trim_forever())
         return len(rooms)
+
+    @staticmethod
+    def _mode_of(hub: Hub) -> Callable[[str], str]:
+        def mode_of(room: str) -> str:  # as the hub decides a new room's mode
+            return "group" if hub.config.is_group_room(room) else "live"
+
+        return mode_of
+
+    @staticmethod
+    def _restore(hub: Hub, r: RecoveredRoom, now: float) -> None:
+        hub.restore_room(
+            r.room.room,
+            incarnation=r.room.incarnation,
+            mode=r.room.mode,
+            maps=[e.to_map() for e in r.epochs],
+            high_water=dict(r.high_water),
+            next_shard_id=r.next_shard_id,
+            recent=[(p.sender, p.client_msg_id, p.shard, p.seq) for p in r.recent],
+            now=now,
+        )
 
     async def close(self) -> None:
         if self._trimmer is not None:
@@ -194,6 +209,7 @@ class Durability:
             self._room_written(record.room, exc)
             return
         future.add_done_callback(lambda fut: self._room_written(record.room, fut.exception()))
+        self._track(record.room, future)
 
     def _room_written(self, room: str, exc: BaseException | None) -> None:
         if exc is None:
@@ -216,6 +232,7 @@ class Durability:
             self._epoch_written(record, exc)
             return
         future.add_done_callback(lambda fut: self._epoch_written(record, fut.exception()))
+        self._track(record.room, future)
 
     def _epoch_written(self, record: EpochRecord, exc: BaseException | None) -> None:
         if exc is None:
@@ -228,6 +245,80 @@ class Durability:
             exc,
             extra={"event": "store_failed", "room": record.room},
         )
+
+    def _track(self, room: str, future: asyncio.Future[None]) -> None:
+        """``future`` is the room's latest write (the writer ends them in submission order)."""
+        self._writing[room] = future
+
+        def ended(fut: asyncio.Future[None]) -> None:
+            if self._writing.get(room) is fut:
+                del self._writing[room]
+
+        future.add_done_callback(ended)
+
+    # ---- reclaimed rooms ------------------------------------------------------------------------
+
+    def reclaimed(self, change: RoomReclaimed) -> None:
+        """Record a reclaimed room's final marks (and its record or shard maps again, if their
+        last write failed), after every earlier write of it. A failure is logged: the room is
+        then sealed at the marks its last commit stored, as after a crash."""
+        assert self.writer is not None
+        self._rewrite(change.room)
+        marks = {(change.room, shard): seq for shard, seq in change.high_water.items()}
+        if not marks:
+            return
+        try:
+            future = self.writer.submit([], marks)
+        except GatewayError as exc:
+            self._marks_written(change.room, exc)
+            return
+        future.add_done_callback(lambda fut: self._marks_written(change.room, fut.exception()))
+        self._track(change.room, future)
+
+    @staticmethod
+    def _marks_written(room: str, exc: BaseException | None) -> None:
+        if exc is not None:
+            log.warning(
+                "recording the marks of reclaimed room %s failed: %s",
+                room,
+                exc,
+                extra={"event": "store_failed", "room": room},
+            )
+
+    async def load(self, hub: Hub, load: LoadRoom) -> None:
+        """Answer a LoadRoom: wait for the room's writes, take it up from the store
+        (:func:`recover_room`) and hand it to the hub (``restore_room``, ``room_loaded``), or
+        tell the hub it failed (``room_load_failed``). Never raises; the caller pumps after."""
+        name = load.room
+        loop = asyncio.get_running_loop()
+        try:
+            assert self.writer is not None and self._store is not None
+            writing = self._writing.get(name)
+            if writing is not None:
+                await asyncio.wait([writing])  # its outcome was handled where it was made
+            recovered = await self.writer.call(
+                recover_room,
+                self._store,
+                name,
+                dedupe_window=DEDUPE_WINDOW,
+                mode_of=self._mode_of(hub),
+            )
+        except Exception as exc:
+            log.error(
+                "taking up room %s from the store failed: %s",
+                name,
+                exc,
+                extra={"event": "store_failed", "room": name},
+            )
+            hub.room_load_failed(name, str(exc), loop.time())
+            return
+        if recovered is not None:
+            # The store is the room's truth now, its record stored (or rebuilt) and sealed.
+            self._unconfirmed.pop(name, None)
+            self._failed_rooms.discard(name)
+            self._failed_epochs.pop(name, None)
+            self._restore(hub, recovered, loop.time())
+        hub.room_loaded(name, loop.time())
 
     # ---- reads ----------------------------------------------------------------------------------
 

@@ -184,6 +184,10 @@ class Store(Protocol):
         """Every stored room record, by room name."""
         ...
 
+    def room(self, room: str) -> RoomRecord | None:
+        """The room's stored record, or None."""
+        ...
+
     def known_rooms(self) -> list[str]:
         """Every room the store holds anything of (a record, a shard map, a mark or a message), by
         name. A name without a record in :meth:`rooms` is an orphan, which only a store written

@@ -87,6 +87,10 @@ class MemoryStore:
         self._open()
         return [self._rooms[name] for name in sorted(self._rooms)]
 
+    def room(self, room: str) -> RoomRecord | None:
+        self._open()
+        return self._rooms.get(room)
+
     def known_rooms(self) -> list[str]:
         self._open()
         return sorted(set(self._rooms) | set(self._epochs) | set(self._shards))

@@ -19,6 +19,10 @@ required records, when a room's record write failed on a full disk) is rebuilt: 
 (a fresh incarnation, so clients start it afresh), a shard map of its stored shards if it has
 none, and the usual restart epoch above every shard id and seq the store knows.
 
+A room reclaimed while idle (:mod:`gateway.core.reclaim`) is taken up again the same way, alone,
+when a Join names it (:func:`recover_room`): its final marks were recorded when it was reclaimed,
+so its shards are sealed exactly where they stopped.
+
 The retry window is read newest first across the whole room (:meth:`Store.read_before
 <gateway.store.base.Store.read_before>`), so every publish a running gateway would still recognise
 as a retry (the newest ``dedupe_window`` with a client id) is recognised after a restart too.
@@ -44,6 +48,7 @@ __all__ = [
     "rebuild_orphan",
     "recent_publishes",
     "recover",
+    "recover_room",
     "restart_epoch",
 ]
 
@@ -155,20 +160,49 @@ def recover(
     seals it in turn. Rooms are in name order. Raises StoreError if the store fails.
     """
     records = {r.room: r for r in store.rooms()}
-    recovered = []
-    for name in store.known_rooms():
-        epochs = store.epochs(name)
-        marks = store.high_water(name)
-        count = shard_count
-        record = records.get(name)
-        if record is None:
-            record, epochs = rebuild_orphan(store, name, epochs, marks, mode_of(name))
-            count = shard_count or 1
-        new = restart_epoch(name, epochs, marks, count)
-        store.put_epoch(new)
-        recent = recent_publishes(store, name, dedupe_window)
-        recovered.append(RecoveredRoom(record, (*epochs, new), marks, max(new.shards) + 1, recent))
-    return recovered
+    return [
+        _take_up(store, name, records.get(name), shard_count, dedupe_window, mode_of)
+        for name in store.known_rooms()
+    ]
+
+
+def recover_room(
+    store: Store,
+    room: str,
+    *,
+    shard_count: int | None = None,
+    dedupe_window: int = 0,
+    mode_of: Callable[[str], str] = _live,
+) -> RecoveredRoom | None:
+    """:func:`recover` for one room (one reclaimed while idle, taken up again for a Join): its
+    last epoch sealed and its restart epoch stored, or None if the store holds nothing of it
+    (no record, shard map or mark: a new room). Call it on the store's thread
+    (``writer.call``) once every write of the room that was submitted has ended, so that it
+    reads the room's final marks. Raises StoreError if the store fails."""
+    record = store.room(room)
+    if record is None and not store.epochs(room) and not store.high_water(room):
+        return None
+    return _take_up(store, room, record, shard_count, dedupe_window, mode_of)
+
+
+def _take_up(
+    store: Store,
+    name: str,
+    record: RoomRecord | None,
+    shard_count: int | None,
+    dedupe_window: int,
+    mode_of: Callable[[str], str],
+) -> RecoveredRoom:
+    epochs = store.epochs(name)
+    marks = store.high_water(name)
+    count = shard_count
+    if record is None:
+        record, epochs = rebuild_orphan(store, name, epochs, marks, mode_of(name))
+        count = shard_count or 1
+    new = restart_epoch(name, epochs, marks, count)
+    store.put_epoch(new)
+    recent = recent_publishes(store, name, dedupe_window)
+    return RecoveredRoom(record, (*epochs, new), marks, max(new.shards) + 1, recent)
 
 
 def rebuild_orphan(

@@ -251,6 +251,11 @@ class SqliteStore:
             rows = db.execute("SELECT record FROM rooms ORDER BY room").fetchall()
         return [decode_room(r[0]) for r in rows]
 
+    def room(self, room: str) -> RoomRecord | None:
+        with self._guard("room") as db:
+            row = db.execute("SELECT record FROM rooms WHERE room = ?", (room,)).fetchone()
+        return None if row is None else decode_room(row[0])
+
     def known_rooms(self) -> list[str]:
         with self._guard("known_rooms") as db:
             rows = db.execute(_KNOWN_ROOMS).fetchall()

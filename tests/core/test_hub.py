@@ -80,7 +80,7 @@ def test_two_clients_chat_both_ways_with_acks() -> None:
             ("alice", b"hi bob", 1),
             ("bob", b"hi alice", 2),
         ]
-    assert hub.get_timer() is None
+    assert hub.get_timer() == CoreConfig().room_idle_s  # only the room's look for idleness
 
 
 def test_retry_with_same_client_msg_id_is_acked_not_resequenced() -> None:

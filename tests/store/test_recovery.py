@@ -12,7 +12,13 @@ from gateway.core.room import DEDUPE_WINDOW
 from gateway.errors import LocalProtocolError
 from gateway.store.base import Store
 from gateway.store.records import EpochRecord, RoomRecord
-from gateway.store.recovery import RESTART_EPOCH_GAP, RESTART_ID_GAP, recover, restart_epoch
+from gateway.store.recovery import (
+    RESTART_EPOCH_GAP,
+    RESTART_ID_GAP,
+    recover,
+    recover_room,
+    restart_epoch,
+)
 from gateway.store.sqlite import SqliteStore
 from tests.store.factories import msg
 
@@ -140,3 +146,41 @@ def test_recovery_rebuilds_a_room_whose_record_was_never_stored(tmp_path: Path) 
         ]
     finally:
         store.close()
+
+
+def test_recover_room_takes_up_one_reclaimed_room_at_its_final_marks(
+    make_store: Callable[[], Store],
+) -> None:
+    """A room reclaimed while idle: its final marks (chatter's seqs above its last stored one
+    included) were recorded; taking it up seals there, keeps the incarnation and the retry
+    window, and leaves every other room alone. A name the store knows nothing of is None."""
+    store = make_store()
+    assert recover_room(store, "never") is None
+    assert store.room("never") is None
+    store.put_room(RoomRecord("lobby", 77, "live"))
+    store.put_room(RoomRecord("other", 78, "live"))
+    store.put_epoch(EpochRecord("lobby", 1, (1,), {}, 0))
+    store.append([msg(2, shard=1)], {("lobby", 1): 2})
+    store.append([], {("lobby", 1): 9})  # the marks recorded when it was reclaimed
+    assert store.room("lobby") == RoomRecord("lobby", 77, "live")
+
+    taken = recover_room(store, "lobby", dedupe_window=DEDUPE_WINDOW)
+    assert taken is not None and taken.room == RoomRecord("lobby", 77, "live")
+    assert taken.current == EpochRecord("lobby", 1 + RESTART_EPOCH_GAP, (1025,), {1: 9}, 9)
+    assert store.epochs("lobby")[-1] == taken.current
+    assert [(p.shard, p.seq) for p in taken.recent] == [(1, 2)]
+    assert store.epochs("other") == []  # untouched: only the room asked for
+
+    again = recover_room(store, "lobby")  # reclaimed again with nothing new: one more epoch
+    assert again is not None and again.current.sealed == {}
+    assert min(again.current.shards) > max(taken.current.shards)
+
+
+def test_recover_room_rebuilds_a_room_with_shard_maps_but_no_record(
+    make_store: Callable[[], Store],
+) -> None:
+    store = make_store()
+    store.put_epoch(EpochRecord("lost", 1, (1,), {}, 0))  # its record write failed
+    taken = recover_room(store, "lost", mode_of=lambda room: "group")
+    assert taken is not None and taken.room.mode == "group"
+    assert store.room("lost") == taken.room
