@@ -121,6 +121,7 @@ class ClientStats:
 
     migrations: int = 0
     reconnects: int = 0
+    dead_links: int = 0  # connections dropped because the gateway stopped answering
     skipped: int = 0
     missed: int = 0
     shard_maps: int = 0
@@ -798,6 +799,7 @@ class Client:
                     self.session.liveness.sent(now)
             elif verdict is Verdict.DEAD:
                 waited = now - (self.session.liveness.waiting_since or now)
+                self.stats.dead_links += 1
                 self._link_lost(link, f"no answer from the gateway for {waited:.1f} s")
 
     def _heard(self, link: _Link) -> None:

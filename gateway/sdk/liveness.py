@@ -12,7 +12,10 @@ taken for dead.
 gateway was last heard, if nothing has been heard since. A quiet connection is probed once nothing
 has been heard for ``probe_after_s``. So a dead gateway is noticed at most ``probe_after_s +
 dead_after_s`` (plus one poll interval) after its last packet, and ``dead_after_s`` after the
-first request the application sends to it.
+first request the application sends to it. Only time the caller was running counts: a poll that
+comes more than ``max_poll_gap_s`` after the previous one means the caller was not (a blocked
+event loop, a suspended process), and what arrived meanwhile is still unread, so that gap is not
+counted as the gateway's silence.
 
 :class:`Backoff` paces the reconnect attempts that follow, with jitter, and says when to give up.
 
@@ -38,14 +41,17 @@ class LivenessConfig:
     """``probe_after_s``: probe a connection nothing has come from for this long.
     ``dead_after_s``: declare it dead when what was sent has had no answer for this long; it must
     cover a round trip and a loss or two on the worst path the client expects (a QUIC PTO on a
-    300 ms mobile path is about a second)."""
+    300 ms mobile path is about a second). ``max_poll_gap_s``: polls further apart than this
+    mean the caller was not running; the gap is not held against the gateway."""
 
     probe_after_s: float = 2.0
     dead_after_s: float = 3.0
+    max_poll_gap_s: float = 1.0
 
     def __post_init__(self) -> None:
         _positive("probe_after_s", self.probe_after_s)
         _positive("dead_after_s", self.dead_after_s)
+        _positive("max_poll_gap_s", self.max_poll_gap_s)
 
     @property
     def bound_s(self) -> float:
@@ -75,12 +81,14 @@ class Liveness:
         self._heard_at = 0.0
         self._waiting_since: float | None = None  # first send not answered yet
         self._dead = False
+        self._polled_at: float | None = None
 
     def start(self, now: float) -> None:
         """A new connection carries the session (it has just answered its handshake)."""
         self._heard_at = now
         self._waiting_since = None
         self._dead = False
+        self._polled_at = now
 
     def heard(self, now: float) -> None:
         """Something arrived from the gateway: everything sent so far counts as answered."""
@@ -101,6 +109,7 @@ class Liveness:
         """What to do now: declare the connection dead, probe it, or nothing."""
         if self._dead:
             return Verdict.WAIT
+        self._forgive_stall(now)
         waiting = self._waiting_since
         if waiting is not None and now - waiting >= self.config.dead_after_s:
             self._dead = True
@@ -108,6 +117,17 @@ class Liveness:
         if waiting is None and now - self._heard_at >= self.config.probe_after_s:
             return Verdict.PROBE
         return Verdict.WAIT
+
+    def _forgive_stall(self, now: float) -> None:
+        """The caller did not poll for longer than ``max_poll_gap_s``: it was not running, and
+        answers may be waiting unread. Move the clocks forward by the gap."""
+        polled_at, self._polled_at = self._polled_at, now
+        if polled_at is None or now - polled_at <= self.config.max_poll_gap_s:
+            return
+        gap = now - polled_at
+        self._heard_at += gap
+        if self._waiting_since is not None:
+            self._waiting_since = min(self._waiting_since + gap, now)
 
     def get_timer(self) -> float | None:
         """When :meth:`poll` may next return something other than WAIT (None: never, dead)."""

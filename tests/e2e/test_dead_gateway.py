@@ -126,6 +126,7 @@ async def test_clients_notice_a_killed_gateway_and_resume_on_its_restart(
                 await sub.close()
     assert acked_after_s < limit_s + 1  # a gateway restart alone would have taken 30 s
     assert pub.stats.reconnects == 1 and sub.stats.reconnects == 1
+    assert pub.stats.dead_links == 1 and sub.stats.dead_links == 1
     assert bodies[-1] == b"after" and bodies.count(b"after") == 1
     assert stored_bodies(db).count(b"after") == 1
 
@@ -153,7 +154,7 @@ async def test_a_timed_out_publish_is_pending_and_stored_once_by_the_contract(
             assert doubtful.cancel() is False
             # The client notices the dead gateway; what is published now waits for the reconnect
             # and can be withdrawn for sure.
-            await until(lambda: not pub.connected, 3 * BOUND_S, "the client noticed")
+            await until(lambda: pub.stats.dead_links == 1, 3 * BOUND_S, "the client noticed")
             unsent = pub.start_publish(ROOM, b"never", priority=Priority.HIGH)
             assert not unsent.sent
             assert unsent.cancel() is True

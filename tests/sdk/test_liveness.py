@@ -78,22 +78,32 @@ def test_a_dead_gateway_is_noticed_within_the_bound(death: float, sends: list[fl
     assert dead_at >= first_unanswered + CONFIG.dead_after_s - 1e-9
 
 
+def poll_through(liveness: Liveness, start_step: int, end_step: int) -> list[tuple[int, Verdict]]:
+    """Poll every STEP_S for steps start_step..end_step; the steps that were not WAIT."""
+    seen = []
+    for step in range(start_step, end_step + 1):
+        verdict = liveness.poll(step * STEP_S)
+        if verdict is not Verdict.WAIT:
+            seen.append((step, verdict))
+    return seen
+
+
 def test_a_slow_answer_within_dead_after_is_not_death() -> None:
-    """A request answered (by any packet) after 2.9 s of a 3 s allowance keeps the connection."""
+    """A request answered (by any packet) after 2.9 s of a 3 s allowance keeps the connection;
+    one unanswered for 3 s is dead, once, until the next start()."""
     liveness = Liveness(CONFIG)
     liveness.start(0.0)
-    liveness.sent(0.5)
-    assert liveness.poll(3.4) is Verdict.WAIT
-    liveness.heard(3.4)
-    assert liveness.poll(3.6) is Verdict.WAIT
+    assert poll_through(liveness, 0, 10) == []
+    liveness.sent(10 * STEP_S)  # 0.5 s
+    assert poll_through(liveness, 11, 68) == []  # up to 3.4 s
+    liveness.heard(68 * STEP_S)
     assert liveness.get_timer() == pytest.approx(3.4 + CONFIG.probe_after_s)
-    liveness.sent(4.0)
-    assert liveness.poll(6.99) is Verdict.WAIT
-    assert liveness.poll(7.0) is Verdict.DEAD
-    assert liveness.poll(100.0) is Verdict.WAIT  # dead until the next start()
+    assert poll_through(liveness, 69, 80) == []
+    liveness.sent(80 * STEP_S)  # 4.0 s
+    assert poll_through(liveness, 81, 200) == [(140, Verdict.DEAD)]  # at 7.0 s
     assert liveness.get_timer() is None
-    liveness.start(101.0)
-    assert liveness.poll(101.0 + CONFIG.probe_after_s) is Verdict.PROBE
+    liveness.start(10.0)
+    assert poll_through(liveness, 200, 240) == [(240, Verdict.PROBE)]  # 2 s of silence
 
 
 @pytest.mark.parametrize(
@@ -136,3 +146,16 @@ def test_the_session_carries_the_policy() -> None:
     session.liveness.start(0.0)
     assert session.liveness.poll(1.0) is Verdict.PROBE
     assert session.reconnect_backoff(0.0).gave_up(5.5)
+
+
+def test_a_stalled_caller_does_not_hold_its_own_stall_against_the_gateway() -> None:
+    """The event loop was blocked for 5 s right after a send: the answer may be waiting unread,
+    so the first poll after the stall is not DEAD; silence after it still is."""
+    liveness = Liveness(CONFIG)
+    liveness.start(0.0)
+    liveness.sent(0.05)
+    assert liveness.poll(0.05) is Verdict.WAIT
+    assert liveness.poll(5.05) is Verdict.WAIT  # 5 s without a poll: the caller was stalled
+    for i in range(1, 59):  # polled every 50 ms again, still no answer
+        assert liveness.poll(5.05 + i * STEP_S) is Verdict.WAIT, i
+    assert liveness.poll(5.05 + 60 * STEP_S) is Verdict.DEAD  # 3 s of running silence
