@@ -117,6 +117,7 @@ def _client_options(args: argparse.Namespace) -> dict[str, object]:
 
 async def _chat(args: argparse.Namespace) -> int:
     from gateway.sdk.client import connect
+    from gateway.sdk.publish import PublishTimeout
     from gateway.wire.frames import Priority
 
     priority = Priority[args.priority.upper()]
@@ -143,8 +144,13 @@ async def _chat(args: argparse.Namespace) -> int:
                 line = await loop.run_in_executor(None, sys.stdin.readline)
                 if not line:
                     break
-                if line.strip():
+                if not line.strip():
+                    continue
+                try:
                     await client.publish(args.room, line.rstrip("\n").encode(), priority=priority)
+                except PublishTimeout as exc:  # still pending: saying it again would post it twice
+                    print("skein chat: no ack yet, still sending", file=sys.stderr, flush=True)
+                    await exc.pending.wait()
         finally:
             printer.cancel()
     return 0

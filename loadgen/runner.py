@@ -51,9 +51,11 @@ class RunOptions:
     """How to run a scenario. ``workers`` processes share the clients (at most one per client);
     ``gateway_pid`` is sampled for CPU and RSS if given; ``connect_timeout_s`` bounds the connect
     phase (default: 60 s plus 50 ms per client); ``request_timeout_s`` is each client's SDK
-    request timeout (connects, joins, publishes, migrations); ``idle_timeout_s`` and
-    ``keepalive_s`` its QUIC idle timeout and ping interval (how soon it notices a gateway that
-    died without a word). ``tokens``: where clients' tokens come from (None: no token, for a
+    request timeout (connects, joins, publishes, migrations); ``idle_timeout_s`` its QUIC idle
+    timeout; ``keepalive_s`` and ``dead_after_s`` its liveness policy (probe after that long
+    without a packet from the gateway; drop the connection when what it sent had no answer for
+    that long: how soon it notices a gateway that died without a word, see
+    ``gateway/sdk/liveness.py``). ``tokens``: where clients' tokens come from (None: no token, for a
     gateway in insecure-dev mode). ``reliable_rooms``: rooms where every message is reliable (the
     gateway's ``core.group_rooms``), checked by identity like high-priority messages."""
 
@@ -67,6 +69,7 @@ class RunOptions:
     request_timeout_s: float = 15.0
     idle_timeout_s: float = 30.0
     keepalive_s: float = 5.0
+    dead_after_s: float = 3.0
     tokens: TokenSource | None = None
     reliable_rooms: tuple[str, ...] = DEFAULT_RELIABLE_ROOMS
     label: str = ""
@@ -74,7 +77,7 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
-        for name in ("request_timeout_s", "idle_timeout_s", "keepalive_s"):
+        for name in ("request_timeout_s", "idle_timeout_s", "keepalive_s", "dead_after_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
 
@@ -205,6 +208,7 @@ def _specs(scenario: Scenario, options: RunOptions, run_id: str) -> list[WorkerS
         "request_timeout_s": options.request_timeout_s,
         "idle_timeout_s": options.idle_timeout_s,
         "keepalive_s": options.keepalive_s,
+        "dead_after_s": options.dead_after_s,
     }
     if options.ca_file is not None:
         client_options["ca_file"] = str(options.ca_file)

@@ -51,6 +51,8 @@ from gateway.engine import (
     send_stream_data,
 )
 from gateway.errors import ConnectionLost, ErrorCode, GatewayError, LocalProtocolError, ServerError
+from gateway.sdk.liveness import BackoffConfig, LivenessConfig, Verdict
+from gateway.sdk.publish import Outstanding, PendingPublish
 from gateway.sdk.session import (
     Answer,
     ChatterLostEvent,
@@ -84,6 +86,14 @@ class ClientConfig:
     outlives its tokens: when the gateway closes the session because its token expired
     (UNAUTHENTICATED), the client reconnects with a fresh one and resumes, instead of giving up.
     It must return quickly (hand out a token fetched ahead of time).
+
+    A gateway that dies says nothing, so the client watches for answers (every packet from the
+    gateway counts): it sends a QUIC PING when nothing has come for ``keepalive_s``, and drops
+    the connection and reconnects when what it sent (a request or a PING) has had no answer for
+    ``dead_after_s``. A dead gateway is noticed within ``keepalive_s + dead_after_s`` of its last
+    packet (5 s by default), and within ``dead_after_s`` of a request sent to it; the QUIC idle
+    timeout (``idle_timeout_s``) is only the backstop. The policy is
+    :class:`~gateway.sdk.liveness.Liveness`.
     """
 
     name: str = ""
@@ -95,7 +105,8 @@ class ClientConfig:
     dual_stack: bool = False
     local_host: str | None = None
     idle_timeout_s: float = 30.0
-    keepalive_s: float = 5.0
+    keepalive_s: float = 2.0  # probe (QUIC PING) after this long without a packet from the gateway
+    dead_after_s: float = 3.0  # what was sent went unanswered this long: the connection is dead
     request_timeout_s: float = 15.0
     housekeeping_s: float = 0.05
     reconnect: bool = True
@@ -113,6 +124,7 @@ class ClientStats:
 
     migrations: int = 0
     reconnects: int = 0
+    dead_links: int = 0  # connections dropped because the gateway stopped answering
     skipped: int = 0
     chatter_lost: int = 0  # live chatter lost on the way as datagrams, passed over
     missed: int = 0
@@ -122,11 +134,7 @@ class ClientStats:
     last_error: ServerError | None = None
 
 
-@dataclass(slots=True)
-class _Pending:
-    future: asyncio.Future[Any]
-    room: str = ""
-    publish: tuple[bytes, f.Priority, str] | None = None
+_Pending = Outstanding
 
 
 @dataclass(slots=True)
@@ -173,6 +181,11 @@ class _LinkProtocol(QuicConnectionProtocol):
         self.client = client
         self.h3 = H3Connection(quic, enable_webtransport=True)
         self.link: _Link | None = None
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        super().datagram_received(data, addr)
+        if self.link is not None:  # any packet from the gateway answers what was sent
+            self.client._heard(self.link)
 
     def quic_event_received(self, event: QuicEvent) -> None:
         link = self.link
@@ -229,7 +242,13 @@ class Client:
         # (name, client_msg_id) on the gateway (with JWT auth the token's subject names it).
         name = config.name or f"anon-{random.getrandbits(48):012x}"
         self.session = ClientSession(
-            name=name, token=config.token, capabilities=config.capabilities
+            name=name,
+            token=config.token,
+            capabilities=config.capabilities,
+            liveness=LivenessConfig(
+                probe_after_s=config.keepalive_s, dead_after_s=config.dead_after_s
+            ),
+            backoff=BackoffConfig(give_up_s=config.reconnect_give_up_s),
         )
         self.stats = ClientStats()
         self._loop = asyncio.get_running_loop()
@@ -255,19 +274,62 @@ class Client:
         return result
 
     async def publish(
-        self, room: str, body: bytes, *, priority: f.Priority = f.Priority.NORMAL
+        self,
+        room: str,
+        body: bytes,
+        *,
+        priority: f.Priority = f.Priority.NORMAL,
+        client_msg_id: str | None = None,
+        timeout_s: float | None = None,
     ) -> f.Ack:
-        """Publish and wait for the gateway's ack (its shard and seq). Survives reconnects."""
+        """Publish and wait up to ``timeout_s`` (default ``request_timeout_s``) for the gateway's
+        ack (its shard and seq). The whole contract is in :mod:`gateway.sdk.publish`.
+
+        Returns the Ack: the message is sequenced (stored, if reliable) exactly once. Raises
+        :class:`~gateway.sdk.publish.PublishTimeout` (a TimeoutError) if no ack came in time: the
+        publish is **still pending** and the client keeps sending it, across reconnects, until it
+        is acked; ``exc.pending.wait()`` waits for it and ``exc.pending.cancel()`` withdraws it.
+        Do not publish it again under a new id: that would store it twice. Raises ServerError if
+        the gateway refused it (not stored); ConnectionLost if the session ended first (if it
+        had been sent it may be stored: publish it again in a new session with the same
+        ``client_msg_id``); LocalProtocolError, with nothing sent, for a body over the gateway's
+        ``max_body_bytes`` or a room not joined.
+        """
+        pending = self.start_publish(room, body, priority=priority, client_msg_id=client_msg_id)
+        timeout = self.config.request_timeout_s if timeout_s is None else timeout_s
+        return await pending.wait(timeout)
+
+    def start_publish(
+        self,
+        room: str,
+        body: bytes,
+        *,
+        priority: f.Priority = f.Priority.NORMAL,
+        client_msg_id: str | None = None,
+    ) -> PendingPublish:
+        """Publish without waiting: returns the pending publish's handle (``wait()``,
+        ``cancel()``), pending until acked, refused, withdrawn or the session ends.
+
+        ``client_msg_id`` (default: a fresh unique id) names it for the gateway's dedupe: reuse
+        one only to retry the same message. Raises LocalProtocolError (body too large, room not
+        joined) and, once the session is over, the reason (ConnectionLost or ServerError)."""
         welcome = self.session.welcome
         if welcome is not None and len(body) > welcome.max_body_bytes:
             raise LocalProtocolError(
                 f"body of {len(body)} bytes exceeds the gateway's max_body_bytes "
                 f"({welcome.max_body_bytes})"
             )
-        request_id, msg_id, data = self.session.publish(room, body, priority=priority)
-        pending = _Pending(self._future(), room, (body, priority, msg_id))
-        ack: f.Ack = await self._request(request_id, data, pending)
-        return ack
+        if self._terminal is not None:
+            raise self._terminal
+        if self._closing:
+            raise ConnectionLost("the client is closed")
+        request_id, msg_id, data = self.session.publish(
+            room, body, priority=priority, client_msg_id=client_msg_id
+        )
+        outstanding = Outstanding(self._future(), room, (body, priority, msg_id))
+        self._pending[request_id] = outstanding
+        outstanding.sent = self._send(data)
+        return PendingPublish(outstanding, room, msg_id)
 
     async def leave(self, room: str) -> None:
         request_id, data = self.session.leave(room)
@@ -539,6 +601,7 @@ class Client:
     def _resume(self) -> None:
         """After (re)connecting: re-join rooms from their cursors, re-send unacked publishes."""
         self._ready = True
+        self.session.liveness.start(self._loop.time())
         old, self._pending = self._pending, {}
         joins = {p.room: p for p in old.values() if p.publish is None and p.room}
         for room in self.session.rooms():
@@ -552,7 +615,7 @@ class Client:
                     pending.room, body, priority=priority, client_msg_id=msg_id
                 )
                 self._pending[request_id] = pending
-                self._send(data)
+                pending.sent = self._send(data) or pending.sent
         for pending in joins.values():  # leaves of rooms the session already forgot
             if not pending.future.done():
                 pending.future.set_result(None)
@@ -587,24 +650,22 @@ class Client:
         link.transport.close()
 
     async def _reconnect(self) -> None:
-        deadline = self._loop.time() + self.config.reconnect_give_up_s
-        delay = 0.05
+        backoff = self.session.reconnect_backoff(self._loop.time())
         while not self._closing:
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            await asyncio.sleep(backoff.next_delay_s(random.random()))
             try:
                 await self._open()
                 self.stats.reconnects += 1
                 return
             except (TimeoutError, OSError, GatewayError, ConnectionError) as exc:
                 log.info("reconnect failed: %r", exc)
-            if self._loop.time() > deadline:
+            if backoff.gave_up(self._loop.time()):
                 self._terminal = ConnectionLost(
                     f"gave up reconnecting after {self.config.reconnect_give_up_s:.0f} s"
                 )
                 self._fail_pending(self._terminal)
                 self._messages.put_nowait(None)
                 return
-            delay = min(delay * 2, 2.0)
 
     # ---- I/O helpers ----------------------------------------------------------------------------
 
@@ -616,14 +677,16 @@ class Client:
     def _future(self) -> asyncio.Future[Any]:
         return self._loop.create_future()
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes) -> bool:
         """Send a request on the session, once it is re-established (re-joined); until then the
-        request waits in ``_pending`` and ``_resume()`` sends it."""
+        request waits in ``_pending`` and ``_resume()`` sends it. Returns whether it was sent."""
         link = self._link
         if link is not None and self._ready and data:
-            self._send_on(link, data)
+            return self._send_on(link, data)
+        return False
 
-    def _send_on(self, link: _Link, data: bytes) -> None:
+    def _send_on(self, link: _Link, data: bytes) -> bool:
+        """Hand ``data`` to the link's frame stream; returns False if the stream takes no more."""
         quic = link.protocol._quic
         if not send_stream_data(quic, link.frame_stream, data):
             if closing(quic):
@@ -636,8 +699,10 @@ class Client:
                 self._loop.call_later(
                     _STOPPED_GRACE_S, self._link_lost, link, "the session stream is finished"
                 )
-            return
+            return False
         link.protocol.transmit()
+        self.session.liveness.sent(self._loop.time())
+        return True
 
     async def _request(self, request_id: int, data: bytes, pending: _Pending) -> Any:
         if self._terminal is not None:
@@ -735,22 +800,34 @@ class Client:
                     frame.message, code=frame.code, request_id=frame.request_id, fatal=frame.fatal
                 )
             )
+            pending.future.exception()  # marked retrieved: a timed-out caller may never look
         else:
             pending.future.set_result(frame)
 
     async def _housekeeping(self) -> None:
-        """Fetch what the reconcilers miss, and keep the connection alive, until closed."""
-        next_ping = self._loop.time() + self.config.keepalive_s
+        """Fetch what the reconcilers miss, and watch the connection (the session's liveness
+        policy: probe it when quiet, drop it when nothing answers), until closed."""
         while not self._closing:
             await asyncio.sleep(self.config.housekeeping_s)
             now = self._loop.time()
             self._send(self.session.fetches(now))
             link = self._link
-            if link is not None and now >= next_ping and not closing(link.protocol._quic):
+            if link is None or not self._ready or closing(link.protocol._quic):
+                continue
+            verdict = self.session.liveness.poll(now)
+            if verdict is Verdict.PROBE:
                 with contextlib.suppress(*ENGINE_ERRORS):  # a close in between: _link_lost runs
                     link.protocol._quic.send_ping(0)
                     link.protocol.transmit()
-                next_ping = now + self.config.keepalive_s
+                    self.session.liveness.sent(now)
+            elif verdict is Verdict.DEAD:
+                waited = now - (self.session.liveness.waiting_since or now)
+                self.stats.dead_links += 1
+                self._link_lost(link, f"no answer from the gateway for {waited:.1f} s")
+
+    def _heard(self, link: _Link) -> None:
+        if link is self._link:
+            self.session.liveness.heard(self._loop.time())
 
 
 @contextlib.asynccontextmanager

@@ -3,6 +3,10 @@
 It never touches a socket or a clock. Feed it what the gateway sent (:meth:`ClientSession.receive_data`)
 with the time, send what its methods return, and act on the events they give back. The asyncio
 client (:mod:`gateway.sdk.client`) is a thin adapter around it; a simulator can drive it directly.
+
+It also holds the connection policy the adapter follows: :attr:`ClientSession.liveness` says when
+to probe a quiet connection and when to declare it dead, and
+:meth:`ClientSession.reconnect_backoff` paces the reconnects that follow (:mod:`gateway.sdk.liveness`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from gateway.sdk.liveness import Backoff, BackoffConfig, Liveness, LivenessConfig
 from gateway.sdk.reconcile import Delivered, Gap, Reconciler
 from gateway.wire import frames as f
 from gateway.wire.codec import decode_server_frame, encode_client_frame
@@ -118,6 +123,8 @@ class ClientSession:
         token: str = "",
         capabilities: Iterable[str] = ("lz4",),
         gap_timeout_s: float = 0.05,
+        liveness: LivenessConfig | None = None,
+        backoff: BackoffConfig | None = None,
     ) -> None:
         self.name = name
         self.token = token
@@ -134,6 +141,8 @@ class ClientSession:
         self._resumes: set[int] = set()  # join request ids that carried a cursor
         self._fetches: dict[int, f.Fetch] = {}  # outstanding fetches, to read their errors
         self.welcome: f.Welcome | None = None
+        self.liveness = Liveness(liveness)
+        self._backoff = backoff or BackoffConfig()
 
     # ---- requests: each returns bytes to write on the session stream ----------------------------
 
@@ -210,6 +219,10 @@ class ClientSession:
     def reconciler(self, room: str) -> Reconciler:
         """The room's reconciler (its ordered() view, counters). Raises KeyError if not joined."""
         return self._rooms[room]
+
+    def reconnect_backoff(self, now: float) -> Backoff:
+        """The pacing of the reconnect attempts after the connection was lost at ``now``."""
+        return Backoff(self._backoff, now)
 
     def reset_stream(self) -> None:
         """Forget partial input: call when the session moves to a new connection."""
