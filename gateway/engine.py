@@ -10,7 +10,7 @@ Where the two engines differ, the difference is a function here (:func:`peer_add
 :func:`unacked_bytes`, :func:`connection_unacked_bytes`, :func:`reset_stream`, :func:`closing`,
 :func:`send_stream_data`, :func:`h3_buffered_bytes`, :func:`h3_discard_stream`) or a fix to qh3
 that makes it behave as aioquic does (:class:`QuicConnectionProtocol`'s ``close()``, the
-anti-amplification flight, clean closes logged as warnings), so no other module reads an engine's
+anti-amplification flight, clean closes logged as warnings, :class:`H3Connection`'s SETTINGS), so no other module reads an engine's
 private state.
 """
 
@@ -100,7 +100,8 @@ else:  # pragma: no cover - exercised with SKEIN_QUIC_ENGINE=qh3
     from qh3.asyncio.client import connect as quic_connect
     from qh3.asyncio.protocol import QuicConnectionProtocol as _Qh3Protocol
     from qh3.asyncio.server import QuicServer, serve
-    from qh3.h3.connection import H3_ALPN, H3Connection
+    from qh3.h3.connection import H3_ALPN, Setting
+    from qh3.h3.connection import H3Connection as _Qh3H3Connection
     from qh3.h3.connection import ProtocolError as _H3ProtocolError
     from qh3.h3.events import (
         DatagramReceived,
@@ -142,6 +143,17 @@ if not TYPE_CHECKING and ENGINE == "qh3":  # pragma: no cover - exercised with S
     # What qh3 2.1 does differently from aioquic, made to behave as aioquic does.
 
     _AMPLIFICATION_LIMITED = "packet builder capacity exhausted"
+
+    class H3Connection(_Qh3H3Connection):
+        """qh3's HTTP/3 connection, with aioquic's SETTINGS: qh3 2.1 leaves out
+        SETTINGS_ENABLE_CONNECT_PROTOCOL (0x8), which RFC 9220 (and RFC 8441 before it) requires
+        of a server before a client may send an extended CONNECT, so strict WebTransport clients
+        refused a qh3 gateway. aioquic sends it on both sides; so does this."""
+
+        def _get_local_settings(self) -> dict[int, int]:
+            settings: dict[int, int] = super()._get_local_settings()
+            settings[Setting.ENABLE_CONNECT_PROTOCOL] = 1
+            return settings
 
     class QuicConnectionProtocol(_Qh3Protocol):
         """qh3's protocol, with aioquic's ``close(error_code, reason_phrase)`` (qh3's takes no
