@@ -143,6 +143,8 @@ if not TYPE_CHECKING and ENGINE == "qh3":  # pragma: no cover - exercised with S
     # What qh3 2.1 does differently from aioquic, made to behave as aioquic does.
 
     _AMPLIFICATION_LIMITED = "packet builder capacity exhausted"
+    _MISSING_KEY = "packet protection failed: missing"  # "... OneRtt packet key", say
+    _log = logging.getLogger("skein.engine")
 
     class H3Connection(_Qh3H3Connection):
         """qh3's HTTP/3 connection, with aioquic's SETTINGS: qh3 2.1 leaves out
@@ -184,6 +186,15 @@ if not TYPE_CHECKING and ENGINE == "qh3":  # pragma: no cover - exercised with S
         its timer fires) raise the budget: still about 3 RTT slower than an aioquic gateway for
         aioquic clients (measured on a 50 ms path: 275 ms to a Welcome vs 120 ms); qh3's own
         clients pad inside their packets and are not affected.
+
+        Likewise a flight that reaches a packet space whose keys the connection does not have
+        yet ends there instead of raising. A client resuming with a ticket queues its first
+        request as 0-RTT early data; if the server is slow to answer (a gateway just restarted
+        after a crash) the client's probe timeout fires, and qh3's core then raised "packet
+        protection failed: missing OneRtt packet key" out of every transmit, from timers and
+        datagram callbacks alike, until the handshake gave it 1-RTT keys: asyncio logged a
+        traceback each time. aioquic holds such data until the keys exist; so does this, and the
+        data goes with a later transmit (tests/test_engine.py).
         """
         core = quic._core
         datagrams: list[tuple[bytes, NetworkAddress]] = []
@@ -191,7 +202,12 @@ if not TYPE_CHECKING and ENGINE == "qh3":  # pragma: no cover - exercised with S
             try:
                 transmit = quic._call_core(core.poll_transmit, now)
             except _QuicConnectionError as exc:
-                if exc.reason_phrase != _AMPLIFICATION_LIMITED:
+                reason = str(exc.reason_phrase)
+                if reason.startswith(_MISSING_KEY):
+                    # Nothing can be sent in that packet space yet (no keys for it): what was
+                    # built goes, the rest waits for the keys, as aioquic waits.
+                    _log.debug("qh3 send postponed: %s", reason)
+                elif reason != _AMPLIFICATION_LIMITED:
                     raise
                 break
             if transmit is None:
