@@ -315,3 +315,38 @@ async def test_an_oversized_token_is_unauthenticated_and_fatal(
 
         session = await welcomed(client, f.Hello(token=fits))
         await still_answers(client, session, 1)
+
+
+# ---- packets of connections the gateway does not have ----------------------------------------
+
+
+async def test_packets_for_connections_the_gateway_does_not_have_are_dropped_quietly(
+    gateway: GatewayServer, ca_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a restart, clients' packets of their old connections keep arriving: short headers
+    (1-RTT) and late long headers (Handshake, 0-RTT) for connection ids the gateway never
+    issued. They are dropped without a word (no traceback, no error), and the gateway serves on."""
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: unhandled.append(context))
+    host, port = gateway.address
+    transport, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, remote_addr=(host, port)
+    )
+    try:
+        with caplog.at_level("WARNING"):
+            for i in range(50):
+                dcid = i.to_bytes(8, "big")
+                transport.sendto(bytes([0x40 | (i & 0x3)]) + dcid + bytes(60 + i))  # 1-RTT
+                # Handshake (0xe0) and 0-RTT (0xd0) long headers, QUIC v1, unknown ids.
+                for first in (0xE0, 0xD0):
+                    header = bytes([first]) + (1).to_bytes(4, "big") + b"\x08" + dcid + b"\x08"
+                    transport.sendto(header + dcid + b"\x40\x40" + bytes(64))
+            async with wt_connect(gateway.address, ca_file) as client:
+                session = await welcomed(client)
+                await still_answers(client, session, 3)
+    finally:
+        transport.close()
+        loop.set_exception_handler(None)
+    assert not unhandled, unhandled
+    assert [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR")] == []
