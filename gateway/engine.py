@@ -11,7 +11,7 @@ Where the two engines differ, the difference is a function here (:func:`peer_add
 :func:`send_stream_data`, :func:`h3_buffered_bytes`, :func:`h3_discard_stream`, the HTTP/3
 datagram functions) or a fix to qh3
 that makes it behave as aioquic does (:class:`QuicConnectionProtocol`'s ``close()``, the
-anti-amplification flight, clean closes logged as warnings), so no other module reads an engine's
+anti-amplification flight, clean closes logged as warnings, :class:`H3Connection`'s SETTINGS), so no other module reads an engine's
 private state.
 """
 
@@ -105,7 +105,8 @@ else:  # pragma: no cover - exercised with SKEIN_QUIC_ENGINE=qh3
     from qh3.asyncio.client import connect as quic_connect
     from qh3.asyncio.protocol import QuicConnectionProtocol as _Qh3Protocol
     from qh3.asyncio.server import QuicServer, serve
-    from qh3.h3.connection import H3_ALPN, H3Connection
+    from qh3.h3.connection import H3_ALPN, Setting
+    from qh3.h3.connection import H3Connection as _Qh3H3Connection
     from qh3.h3.connection import ProtocolError as _H3ProtocolError
     from qh3.h3.events import (
         DatagramReceived,
@@ -147,6 +148,19 @@ if not TYPE_CHECKING and ENGINE == "qh3":  # pragma: no cover - exercised with S
     # What qh3 2.1 does differently from aioquic, made to behave as aioquic does.
 
     _AMPLIFICATION_LIMITED = "packet builder capacity exhausted"
+    _MISSING_KEY = "packet protection failed: missing"  # "... OneRtt packet key", say
+    _log = logging.getLogger("skein.engine")
+
+    class H3Connection(_Qh3H3Connection):
+        """qh3's HTTP/3 connection, with aioquic's SETTINGS: qh3 2.1 leaves out
+        SETTINGS_ENABLE_CONNECT_PROTOCOL (0x8), which RFC 9220 (and RFC 8441 before it) requires
+        of a server before a client may send an extended CONNECT, so strict WebTransport clients
+        refused a qh3 gateway. aioquic sends it on both sides; so does this."""
+
+        def _get_local_settings(self) -> dict[int, int]:
+            settings: dict[int, int] = super()._get_local_settings()
+            settings[Setting.ENABLE_CONNECT_PROTOCOL] = 1
+            return settings
 
     class QuicConnectionProtocol(_Qh3Protocol):
         """qh3's protocol, with aioquic's ``close(error_code, reason_phrase)`` (qh3's takes no
@@ -177,6 +191,15 @@ if not TYPE_CHECKING and ENGINE == "qh3":  # pragma: no cover - exercised with S
         its timer fires) raise the budget: still about 3 RTT slower than an aioquic gateway for
         aioquic clients (measured on a 50 ms path: 275 ms to a Welcome vs 120 ms); qh3's own
         clients pad inside their packets and are not affected.
+
+        Likewise a flight that reaches a packet space whose keys the connection does not have
+        yet ends there instead of raising. A client resuming with a ticket queues its first
+        request as 0-RTT early data; if the server is slow to answer (a gateway just restarted
+        after a crash) the client's probe timeout fires, and qh3's core then raised "packet
+        protection failed: missing OneRtt packet key" out of every transmit, from timers and
+        datagram callbacks alike, until the handshake gave it 1-RTT keys: asyncio logged a
+        traceback each time. aioquic holds such data until the keys exist; so does this, and the
+        data goes with a later transmit (tests/test_engine.py).
         """
         core = quic._core
         datagrams: list[tuple[bytes, NetworkAddress]] = []
@@ -184,7 +207,12 @@ if not TYPE_CHECKING and ENGINE == "qh3":  # pragma: no cover - exercised with S
             try:
                 transmit = quic._call_core(core.poll_transmit, now)
             except _QuicConnectionError as exc:
-                if exc.reason_phrase != _AMPLIFICATION_LIMITED:
+                reason = str(exc.reason_phrase)
+                if reason.startswith(_MISSING_KEY):
+                    # Nothing can be sent in that packet space yet (no keys for it): what was
+                    # built goes, the rest waits for the keys, as aioquic waits.
+                    _log.debug("qh3 send postponed: %s", reason)
+                elif reason != _AMPLIFICATION_LIMITED:
                     raise
                 break
             if transmit is None:

@@ -19,6 +19,7 @@ from gateway.engine import (
     QuicConfiguration,
     QuicConnection,
     QuicConnectionProtocol,
+    StreamDataReceived,
     closing,
     peer_address,
     send_stream_data,
@@ -263,3 +264,79 @@ def test_a_client_acknowledges_every_second_packet_or_within_max_ack_delay(pair:
             break
         pair.now += 0.005
     assert unacked_bytes(pair.server, stream_id) == 0
+
+
+def _exchange(client: Any, server: Any, now: float) -> float:
+    """Move datagrams both ways until both sides are quiet (bounded); returns the clock."""
+    for _ in range(MAX_ROUNDS):
+        moved = 0
+        for data, _ in client.datagrams_to_send(now=now):
+            server.receive_datagram(data, CLIENT, now=now)
+            moved += 1
+        for data, _ in server.datagrams_to_send(now=now):
+            client.receive_datagram(data, SERVER, now=now)
+            moved += 1
+        if not moved:
+            return now
+        now += 0.005
+    raise AssertionError(f"still sending after {MAX_ROUNDS} rounds")
+
+
+async def test_0rtt_data_waiting_through_ptos_for_a_restarted_gateway_is_sent_not_raised(
+    certs: CertPaths,
+) -> None:
+    """A client resuming with a ticket sends its first request as 0-RTT early data. When the
+    gateway is slow to answer (it was just restarted) the client's PTO fires, and qh3's packet
+    core raised "packet protection failed: missing OneRtt packet key" out of every transmit
+    until the handshake gave it keys: asyncio logged a traceback per timer and per datagram.
+    Through the seam nothing raises, and the early data reaches a gateway that never issued
+    the ticket (it rejects the early data; the client sends it again in 1-RTT)."""
+    server_cfg = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN)
+    server_cfg.load_cert_chain(certs.cert, certs.key)
+    tickets: list[Any] = []
+    issued: dict[bytes, Any] = {}
+
+    def client(ticket: Any = None) -> Any:
+        cfg = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name="localhost")
+        cfg.load_verify_locations(str(certs.ca_cert))
+        cfg.session_ticket = ticket
+        quic = QuicConnection(configuration=cfg, session_ticket_handler=tickets.append)
+        QuicConnectionProtocol(quic)  # the engine's fixes, as every Skein connection has them
+        return quic
+
+    first = client()
+    first.connect(SERVER, now=1.0)
+    before_restart = QuicConnection(
+        configuration=server_cfg,
+        original_destination_connection_id=first.original_destination_connection_id,
+        session_ticket_handler=lambda t: issued.__setitem__(t.ticket, t),
+        session_ticket_fetcher=issued.pop,
+    )
+    now = _exchange(first, before_restart, 1.0)
+    assert tickets, "the gateway issued no session ticket"
+
+    resumed = client(tickets[-1])
+    resumed.connect(SERVER, now=now)
+    stream_id = resumed.get_next_available_stream_id()
+    resumed.send_stream_data(stream_id, b"hello in early data")
+    unanswered = list(resumed.datagrams_to_send(now=now))
+    for _ in range(3):  # no answer yet: the client's probe timeout fires, again and again
+        timer = resumed.get_timer()
+        assert timer is not None
+        now = max(now, timer)
+        resumed.handle_timer(now=now)
+        unanswered += resumed.datagrams_to_send(now=now)
+
+    after_restart = QuicConnection(
+        configuration=server_cfg,
+        original_destination_connection_id=resumed.original_destination_connection_id,
+        session_ticket_fetcher=lambda label: None,  # a restarted gateway knows no ticket
+    )
+    for data, _ in unanswered:
+        after_restart.receive_datagram(data, CLIENT, now=now)
+    _exchange(resumed, after_restart, now)
+    received = b""
+    while (event := after_restart.next_event()) is not None:
+        if isinstance(event, StreamDataReceived) and event.stream_id == stream_id:
+            received += event.data
+    assert received == b"hello in early data"

@@ -674,7 +674,7 @@ class Hub:
         assert room.bucket is not None
         if room.bucket.available(now) < self._room_floor[frame.priority]:
             name = PRIORITY_NAMES[frame.priority]
-            self.stats.shed[name] += 1
+            self.stats.room_rate_refused[name] += 1
             raise Rejected(
                 f"room {room.name!r} is over its publish rate: {name} "
                 "messages are shed first; retry later",

@@ -154,5 +154,8 @@ class HubStats:
     # Slow-consumer disconnects need no field: they are ``errors["SLOW_CONSUMER"]``.
     delivered: Counter[str] = field(default_factory=Counter)
     shed: Counter[str] = field(default_factory=Counter)
+    # Publishes refused (RATE_LIMITED) because their room was over its publish rate, by priority
+    # name: refusals, not deliveries, so they are kept apart from ``shed``.
+    room_rate_refused: Counter[str] = field(default_factory=Counter)
     # The store's: how long each commit (write + fsync of a batch) took.
     store_commit_seconds: Histogram = field(default_factory=_store)

@@ -320,6 +320,14 @@ class GatewayCollector:
             stats.shed,
             _PRIORITIES,
         )
+        yield _labelled_counter(
+            "skein_room_rate_refused_total",
+            "Publishes refused (RATE_LIMITED) because their room was over its publish rate, by "
+            "priority: chatter first, normal once the room's bucket is empty, high never.",
+            "priority",
+            stats.room_rate_refused,
+            _PRIORITIES,
+        )
         yield _counter(
             "skein_slow_consumer_disconnects_total",
             "Sessions closed for falling too far behind (the SLOW_CONSUMER errors).",

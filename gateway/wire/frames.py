@@ -47,6 +47,7 @@ PROTOCOL_VERSION = 1
 MAX_ROOM_CHARS = 128
 MAX_CLIENT_MSG_ID_CHARS = 64
 MAX_CLOCK_ENTRIES = 1024
+MAX_CAPABILITIES = 32
 _ROOM_RE = re.compile(r"[A-Za-z0-9_.:@-]+")
 _EMPTY: Mapping[int, int] = MappingProxyType({})
 
@@ -82,8 +83,9 @@ def _check_clock(name: str, clock: Mapping[int, int]) -> None:
         raise _bad(
             f"{name} has {len(clock)} entries (max {MAX_CLOCK_ENTRIES})", ErrorCode.BAD_VECTOR_CLOCK
         )
+    # No shard has id 0 (ids start at 1), so an entry naming it is as wrong as a zero seq.
     for shard, seq in clock.items():
-        if not 0 <= shard < 1 << 32 or not 0 < seq < 1 << 63:
+        if not 0 < shard < 1 << 32 or not 0 < seq < 1 << 63:
             raise _bad(f"{name} has an invalid entry {shard}:{seq}", ErrorCode.BAD_VECTOR_CLOCK)
 
 
@@ -103,8 +105,11 @@ class Hello:
     client_name: str = ""
 
     def __post_init__(self) -> None:
-        if len(self.capabilities) > 32 or len(self.client_name) > 128 or len(self.token) > 8192:
-            raise _bad("hello is too large (capabilities, client_name or token)")
+        # The token and client_name are the hub's to judge, each with one answer: an oversized
+        # token is UNAUTHENTICATED (``AuthConfig.max_token_bytes``), a bad name a fatal
+        # INVALID_ARGUMENT (``check_client_name``). The frame itself is bounded by max_frame_bytes.
+        if len(self.capabilities) > MAX_CAPABILITIES:
+            raise _bad(f"hello has more than {MAX_CAPABILITIES} capabilities")
 
 
 @dataclass(frozen=True, slots=True)

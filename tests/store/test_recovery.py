@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.core.room import DEDUPE_WINDOW
 from gateway.errors import LocalProtocolError
@@ -184,3 +186,52 @@ def test_recover_room_rebuilds_a_room_with_shard_maps_but_no_record(
     taken = recover_room(store, "lost", mode_of=lambda room: "group")
     assert taken is not None and taken.room.mode == "group"
     assert store.room("lost") == taken.room
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["reshard", "restart", "crash_after_unstored_reshard"]),
+            st.integers(1, 16),  # shard count of a reshard
+            st.lists(st.integers(0, 50), min_size=16, max_size=16),  # marks the shards reach
+        ),
+        max_size=12,
+    )
+)
+def test_maps_across_restarts_keep_what_protocol_md_promises_clients(
+    steps: list[tuple[str, int, list[int]]],
+) -> None:
+    """docs/protocol.md 5.2 and 5.4: epoch numbers and shard ids only grow and are never reused
+    (not consecutive across a restart), each map's ``sealed`` names the shards of the map before
+    it, and ``base_sum(E) = base_sum(P) + sum(sealed(E))`` with P that map, not epoch E - 1;
+    a map clients saw but the store never got is never reused by the restart after it."""
+    stored = [EpochRecord("r", 1, (1,), {}, 0)]
+    marks: dict[int, int] = {}
+    seen_by_clients = list(stored)
+    for action, count, reached in steps:
+        last = stored[-1]
+        for shard, mark in zip(last.shards, reached, strict=False):
+            marks[shard] = max(marks.get(shard, 0), mark)
+        if action == "restart":
+            new = restart_epoch("r", stored, marks)
+        else:  # what Room.reshard does: the next epoch, the next ids
+            sealed = {s: marks[s] for s in last.shards if marks.get(s, 0) > 0}
+            first = max(s for e in seen_by_clients for s in e.shards) + 1
+            new = EpochRecord(
+                "r",
+                last.epoch + 1,
+                tuple(range(first, first + count)),
+                sealed,
+                last.base_sum + sum(sealed.values()),
+            )
+            if action == "crash_after_unstored_reshard":  # clients got the map; the store not
+                seen_by_clients.append(new)
+                new = restart_epoch("r", stored, marks)
+        assert new.epoch > max(e.epoch for e in seen_by_clients)
+        assert min(new.shards) > max(s for e in seen_by_clients for s in e.shards)
+        assert set(new.sealed) <= set(last.shards)
+        assert all(new.sealed[s] == marks[s] > 0 for s in new.sealed)
+        assert new.base_sum == last.base_sum + sum(new.sealed.values())
+        stored.append(new)
+        seen_by_clients.append(new)

@@ -15,7 +15,7 @@ from gateway.wire._pb.skein.v1 import frames_pb2 as pb
 rooms = st.from_regex(r"[A-Za-z0-9_.:@-]{1,40}", fullmatch=True)
 u64 = st.integers(0, (1 << 64) - 1)
 seqs = st.integers(1, (1 << 63) - 1)
-clocks = st.dictionaries(st.integers(0, (1 << 32) - 1), seqs, max_size=8)
+clocks = st.dictionaries(st.integers(1, (1 << 32) - 1), seqs, max_size=8)
 text = st.text(max_size=40)
 msg_ids = st.text(max_size=64)
 priorities = st.sampled_from(list(f.Priority))
