@@ -30,7 +30,6 @@ every other session of either (:mod:`gateway.core.principals`). Nothing a client
 
 from __future__ import annotations
 
-import heapq
 import secrets
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
@@ -57,6 +56,7 @@ from gateway.core.pacing import Pacer
 from gateway.core.principals import Allowances, charge
 from gateway.core.reclaim import Reclaimer
 from gateway.core.room import Room, RoomMode
+from gateway.core.schedule import Schedule
 from gateway.core.session import Session, State
 from gateway.core.shard import Entry
 from gateway.core.sharder import make_policy
@@ -119,21 +119,17 @@ class Hub:
         self._sessions: dict[int, Session] = {}
         self._rooms: dict[str, Room] = {}
         self._outputs: list[Output] = []
-        self._dirty: dict[str, float] = {}  # rooms with pending messages -> when they are due
-        self._flush_at: float | None = None  # the earliest of those
-        # The sharder's next look at each multi-shard room, and the same as a heap (with stale
-        # entries, skipped when they surface): the timer is O(log rooms), not O(rooms).
-        self._checks: dict[str, float] = {}
-        self._check_heap: list[tuple[float, str]] = []
+        # The timer's sources: rooms with pending messages (when each is due for fan-out), the
+        # sharder's next look at each multi-shard room, when each session's token expires.
+        self._due: Schedule[str] = Schedule()
+        self._checks: Schedule[str] = Schedule()
+        self._expiries: Schedule[int] = Schedule()
         # When each room's pending messages arrived, oldest first: one per entry Room.publish
         # appends to the room's pending list (as bounded as that), dropped as fan-out takes them.
         self._arrivals: dict[str, deque[float]] = {}
         # Connections over their send budget, and since when (virtual time).
         self._congested: dict[int, float] = {}
         self._watch_at: float | None = None  # next look at congested connections
-        # When sessions' tokens expire, on the ``now`` clock: (moment, conn_id), earliest first.
-        # Entries of sessions already gone are dropped when they come due.
-        self._expiries: list[tuple[float, int]] = []
         # Reliable messages waiting for the store: (room, shard, seq) -> who to ack.
         # Every publish waiting on it (the original and its retries, perhaps from a new session).
         self._unstored: dict[tuple[str, int, int], list[tuple[int, int, str]]] = {}
@@ -242,6 +238,7 @@ class Hub:
         self.stats.sessions_closed += 1
         session.state = State.CLOSED
         self._congested.pop(conn_id, None)
+        self._expiries.discard(conn_id)
         self._pacer.detach(session)
         self._by_connection.release(session.connection, now)
         if len(session.allowances) > 1 and session.principal is not None:
@@ -325,19 +322,14 @@ class Hub:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should next run, or None when nothing is waiting."""
-        heap = self._check_heap
-        while heap and self._checks.get(heap[0][1]) != heap[0][0]:
-            heapq.heappop(heap)  # stale: the room's check moved or went
-        times = [heap[0][0]] if heap else []
-        if self._expiries:
-            times.append(self._expiries[0][0])
-        if self._flush_at is not None:
-            times.append(self._flush_at)
-        if self._watch_at is not None:  # congested connections: a look every tick
-            times.append(self._watch_at)
-        if (reclaim := self._reclaim.next_due()) is not None:
-            times.append(reclaim)
-        return min(times) if times else None
+        times = [
+            self._due.next_at(),
+            self._checks.next_at(),
+            self._expiries.next_at(),
+            self._watch_at,  # congested connections: a look every tick
+            self._reclaim.next_due(),
+        ]
+        return min((t for t in times if t is not None), default=None)
 
     def handle_timer(self, now: float) -> None:
         """Fan out due batches, drop slow consumers, let the sharder re-shard rooms."""
@@ -370,15 +362,8 @@ class Hub:
         if self._watch_at is not None and now >= self._watch_at:
             watching = self._congested or pacer.waiting
             self._watch_at = now + self._watch_s if watching else None
-        if self._flush_at is not None and now >= self._flush_at:
-            self._flush_due(now)
-        heap, due = self._check_heap, []
-        while heap and heap[0][0] <= now:  # taken first: a check re-armed now waits its turn
-            due.append(heapq.heappop(heap))
-        for at, name in due:
-            if self._checks.get(name) != at:
-                continue  # stale
-            del self._checks[name]
+        self._flush_rooms(self._due.due(now), now)
+        for name in self._checks.due(now):  # taken first: a check re-armed now waits its turn
             room = self._rooms.get(name)
             if room is not None:
                 self._maybe_reshard(room, now)
@@ -389,7 +374,7 @@ class Hub:
         asks the store to record their marks."""
         for room in self._reclaim.due(now, self._rooms):
             del self._rooms[room.name]
-            self._checks.pop(room.name, None)
+            self._checks.discard(room.name)
             self.stats.rooms_reclaimed += 1
             self.stats.shards_sealed += len(room.current_shards)  # no longer live here
             if self.durable:
@@ -398,8 +383,7 @@ class Hub:
 
     def _close_expired(self, now: float) -> None:
         """Close every session whose token has expired: a grant ends when its token does."""
-        while self._expiries and self._expiries[0][0] <= now:
-            _, conn_id = heapq.heappop(self._expiries)
+        for conn_id in self._expiries.due(now):
             session = self._sessions.get(conn_id)
             if session is not None:
                 self._fail(
@@ -419,17 +403,9 @@ class Hub:
 
     def flush(self, now: float) -> None:
         """Fan out every room's pending messages now, due or not."""
-        self._flush_rooms(list(self._dirty), now)
-
-    def _flush_due(self, now: float) -> None:
-        """Fan out the rooms whose batches are due (the timer calls this)."""
-        self._flush_rooms([name for name, at in self._dirty.items() if at <= now], now)
+        self._flush_rooms(self._due.pop_all(), now)
 
     def _flush_rooms(self, names: list[str], now: float) -> None:
-        dirty = self._dirty
-        for name in names:
-            del dirty[name]
-        self._flush_at = min(dirty.values()) if dirty else None
         for name in names:
             room = self._rooms.get(name)
             if room is not None:
@@ -494,9 +470,7 @@ class Hub:
             )
         session.principal = principal
         if principal.expires_at is not None:  # wall clock -> the ``now`` clock
-            heapq.heappush(
-                self._expiries, (principal.expires_at - self.wall_offset_s, session.conn_id)
-            )
+            self._expiries.set(session.conn_id, principal.expires_at - self.wall_offset_s)
         session.user = principal.sub  # the sender identity is the token's subject
         session.allowances = (*session.allowances, self._by_principal.acquire(principal.sub))
         common = tuple(c for c in CAPABILITIES if c in frame.capabilities)
@@ -809,12 +783,8 @@ class Hub:
     def _mark_dirty(self, room: Room, now: float) -> None:
         """The room has pending messages: due now if it sent no batch for a tick, else a tick
         after its last batch (Nagle's rule; see the module docstring)."""
-        if room.name in self._dirty:
-            return
-        due = max(now, room.fanned_out_at + self._tick_s)
-        self._dirty[room.name] = due
-        if self._flush_at is None or due < self._flush_at:
-            self._flush_at = due
+        if room.name not in self._due:
+            self._due.set(room.name, max(now, room.fanned_out_at + self._tick_s))
 
     def _on_fetch(self, session: Session, frame: f.Fetch, now: float) -> None:
         """Answer from the shard log, or the store for what the log no longer holds; only while
@@ -919,7 +889,7 @@ class Hub:
         if count is not None and count != len(room.current_shards):
             self._fan_out(room, now)  # the old epoch's messages go out before the new map
         if count is not None and count != len(room.current_shards) and room.can_reshard:
-            self._dirty.pop(room.name, None)
+            self._due.discard(room.name)
             if count > len(room.current_shards):
                 self.stats.splits += 1
             else:
@@ -935,7 +905,6 @@ class Hub:
         if count is not None and not room.can_reshard:
             check = now + self._tick_s  # messages are still being stored: decide again soon
         if check is None:
-            self._checks.pop(room.name, None)
-        elif self._checks.get(room.name) != check:
-            self._checks[room.name] = check
-            heapq.heappush(self._check_heap, (check, room.name))
+            self._checks.discard(room.name)
+        else:
+            self._checks.set(room.name, check)
