@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from gateway.core.batching import MAX_BATCH_BYTES, batches, plan_shedding
 from gateway.core.config import CoreConfig
 from gateway.core.outputs import Output, Send, SendDatagram
+from gateway.core.room import Room, RoomMode
 from gateway.core.session import Session
 from gateway.core.shard import Entry
 from gateway.core.stats import HubStats
@@ -20,12 +21,54 @@ from gateway.wire import frames as f
 from gateway.wire.codec import deliver_frame, deliver_lz4_frame, encode_deliver, encode_tombstone
 from gateway.wire.framing import delimit
 
-__all__ = ["PRIORITY_NAMES", "fan_out_shared", "fan_out_shedding"]
+__all__ = ["PRIORITY_NAMES", "fan_out_room", "fan_out_shared", "fan_out_shedding"]
 
 PRIORITY_NAMES = {p: p.name.lower() for p in f.Priority}  # stats keys, named once
 # In a datagram (at most 1100 bytes), a ServerFrame{deliver} field costs its tag and a length of
 # up to 2 bytes around the Deliver, and so does each message field inside the Deliver.
 _FRAME_OVERHEAD = _FIELD_OVERHEAD = 3
+
+
+def fan_out_room(
+    room: Room,
+    ready: list[Entry],
+    arrived: list[float],
+    now: float,
+    congested: Mapping[int, float],
+    sessions: Mapping[int, Session],
+    config: CoreConfig,
+    stats: HubStats,
+    out: list[Output],
+) -> None:
+    """A room's ``ready`` messages (taken from it, which arrived at ``arrived``) to every
+    subscriber: shared batches for those keeping up, in an order that rotates from batch to
+    batch, then each ``congested`` connection its own, shedding. Feeds the sharder's velocity."""
+    counts: dict[int, int] = {}
+    priorities: dict[f.Priority, int] = {}
+    for entry in ready:
+        m = entry.message
+        counts[m.shard] = counts.get(m.shard, 0) + 1
+        priorities[m.priority] = priorities.get(m.priority, 0) + 1
+    for shard_id, count in counts.items():
+        room.policy.observe(shard_id, count, now)
+    if not ready:
+        return
+    room.fanned_out_at = now
+    if not room.subscribers:
+        return
+    everyone = room.fan_out_order()
+    behind = [c for c in everyone if c in congested] if congested else []
+    served = tuple(c for c in everyone if c not in congested) if behind else everyone
+    stats.deliveries += len(ready) * len(served)
+    for priority, count in priorities.items():
+        stats.delivered[PRIORITY_NAMES[priority]] += count * len(served)
+    for at in arrived:
+        stats.fanout_wait_seconds.observe(now - at)
+    if served:
+        live = room.mode is RoomMode.LIVE
+        fan_out_shared(room.name, ready, served, sessions, config, stats, out, live=live)
+    for conn_id in behind:
+        fan_out_shedding(room.name, ready, sessions[conn_id], config, stats, out)
 
 
 def fan_out_shared(

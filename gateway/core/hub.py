@@ -36,9 +36,10 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from gateway.core.auth import Authenticator, Principal, check_client_name
+from gateway.core.backpressure import Backpressure
 from gateway.core.boundary import Unexpected
 from gateway.core.config import CoreConfig
-from gateway.core.fanout import PRIORITY_NAMES, fan_out_shared, fan_out_shedding
+from gateway.core.fanout import PRIORITY_NAMES, fan_out_room
 from gateway.core.limits import TokenBucket
 from gateway.core.outputs import (
     Close,
@@ -114,7 +115,6 @@ class Hub:
             f.Priority.HIGH: float("-inf"),
         }
         self._tick_s = self.config.tick_ms / 1000.0
-        self._watch_s = max(self._tick_s, 0.001)  # how often watched connections are measured
         self.stats = HubStats()
         self._sessions: dict[int, Session] = {}
         self._rooms: dict[str, Room] = {}
@@ -127,9 +127,7 @@ class Hub:
         # When each room's pending messages arrived, oldest first: one per entry Room.publish
         # appends to the room's pending list (as bounded as that), dropped as fan-out takes them.
         self._arrivals: dict[str, deque[float]] = {}
-        # Connections over their send budget, and since when (virtual time).
-        self._congested: dict[int, float] = {}
-        self._watch_at: float | None = None  # next look at congested connections
+        self._backpressure = Backpressure(self.config)
         # Reliable messages waiting for the store: (room, shard, seq) -> who to ack.
         # Every publish waiting on it (the original and its retries, perhaps from a new session).
         self._unstored: dict[tuple[str, int, int], list[tuple[int, int, str]]] = {}
@@ -237,7 +235,7 @@ class Hub:
             return
         self.stats.sessions_closed += 1
         session.state = State.CLOSED
-        self._congested.pop(conn_id, None)
+        self._backpressure.forget(conn_id)
         self._expiries.discard(conn_id)
         self._pacer.detach(session)
         self._by_connection.release(session.connection, now)
@@ -268,8 +266,7 @@ class Hub:
             return False
         session.backlog = queued_bytes
         self._pacer.measured(session, queued_bytes)
-        budget = self.config.send_budget_bytes
-        if queued_bytes > self.config.max_backlog_bytes:
+        if self._backpressure.measured(conn_id, queued_bytes, now):
             self._fail(
                 session,
                 Rejected(
@@ -280,11 +277,6 @@ class Hub:
                 ),
             )
             return True
-        if queued_bytes >= budget:
-            self._congested.setdefault(conn_id, now)
-            self._watch(now)
-        elif queued_bytes < budget // 2:
-            self._congested.pop(conn_id, None)
         return False
 
     def store_read_done(self, conn_id: int, nbytes: int, queued_bytes: int, now: float) -> None:
@@ -298,24 +290,20 @@ class Hub:
         if link is not None:
             self._pacer.drain_link(link, now)
             if self._pacer.waiting:
-                self._watch(now)
+                self._backpressure.watch(now)
 
     def congested(self) -> list[int]:
         """Connections over their send budget."""
-        return list(self._congested)
+        return list(self._backpressure.congested)
 
     def watched(self) -> list[int]:
         """Sessions whose connection's backlog the server must report before each
         :meth:`handle_timer`: those over their send budget, and those with a replay still to
         send (it goes on as the connection reads)."""
+        congested = self._backpressure.congested
         if not self._pacer.waiting:
-            return list(self._congested)
-        return list(dict.fromkeys([*self._congested, *self._pacer.watched()]))
-
-    def _watch(self, now: float) -> None:
-        """Look at watched connections again a tick from now (if not already due)."""
-        if self._watch_at is None:
-            self._watch_at = now + self._watch_s
+            return list(congested)
+        return list(dict.fromkeys([*congested, *self._pacer.watched()]))
 
     def _emit(self, output: Output) -> None:
         self._outputs.append(output)
@@ -326,7 +314,7 @@ class Hub:
             self._due.next_at(),
             self._checks.next_at(),
             self._expiries.next_at(),
-            self._watch_at,  # congested connections: a look every tick
+            self._backpressure.watch_at,  # congested connections: a look every tick
             self._reclaim.next_due(),
         ]
         return min((t for t in times if t is not None), default=None)
@@ -334,9 +322,9 @@ class Hub:
     def handle_timer(self, now: float) -> None:
         """Fan out due batches, drop slow consumers, let the sharder re-shard rooms."""
         limit = self.config.slow_consumer_s
-        for conn_id, since in list(self._congested.items()):
+        for conn_id in self._backpressure.slow(now):
             session = self._sessions.get(conn_id)
-            if session is not None and now - since >= limit:
+            if session is not None:
                 self._fail(
                     session,
                     Rejected(
@@ -359,9 +347,7 @@ class Hub:
                         fatal=True,
                     ),
                 )
-        if self._watch_at is not None and now >= self._watch_at:
-            watching = self._congested or pacer.waiting
-            self._watch_at = now + self._watch_s if watching else None
+        self._backpressure.looked(now, others=bool(pacer.waiting))
         self._flush_rooms(self._due.due(now), now)
         for name in self._checks.due(now):  # taken first: a check re-armed now waits its turn
             room = self._rooms.get(name)
@@ -577,7 +563,7 @@ class Hub:
         # as the connection reads, within its send budget.
         self._pacer.replay(session, room.name, older, held, now)
         if self._pacer.waiting:
-            self._watch(now)
+            self._backpressure.watch(now)
 
     def _on_leave(self, session: Session, frame: f.Leave, now: float) -> None:
         session.rooms.discard(frame.room)
@@ -844,35 +830,9 @@ class Hub:
     def _fan_out(self, room: Room, now: float) -> None:
         ready = room.take_pending()
         arrived = self._take_arrivals(room.name, len(ready))
-        counts: dict[int, int] = {}
-        priorities: dict[f.Priority, int] = {}
-        for entry in ready:
-            m = entry.message
-            counts[m.shard] = counts.get(m.shard, 0) + 1
-            priorities[m.priority] = priorities.get(m.priority, 0) + 1
-        for shard_id, count in counts.items():
-            room.policy.observe(shard_id, count, now)
-        if not ready:
-            return
-        room.fanned_out_at = now
-        if not room.subscribers:
-            return
-        everyone = room.fan_out_order()
-        congested = self._congested
-        behind = [c for c in everyone if c in congested] if congested else []
-        served = tuple(c for c in everyone if c not in congested) if behind else everyone
-        stats = self.stats
-        stats.deliveries += len(ready) * len(served)
-        for priority, count in priorities.items():
-            stats.delivered[PRIORITY_NAMES[priority]] += count * len(served)
-        for at in arrived:
-            stats.fanout_wait_seconds.observe(now - at)
-        out, sessions, config = self._outputs, self._sessions, self.config
-        if served:
-            live = room.mode is RoomMode.LIVE
-            fan_out_shared(room.name, ready, served, sessions, config, stats, out, live=live)
-        for conn_id in behind:
-            fan_out_shedding(room.name, ready, sessions[conn_id], config, stats, out)
+        congested = self._backpressure.congested
+        out, sessions, config, stats = self._outputs, self._sessions, self.config, self.stats
+        fan_out_room(room, ready, arrived, now, congested, sessions, config, stats, out)
 
     def _take_arrivals(self, room_name: str, count: int) -> list[float]:
         """When the ``count`` oldest pending messages of a room arrived; forgets them."""
