@@ -30,7 +30,6 @@ every other session of either (:mod:`gateway.core.principals`). Nothing a client
 
 from __future__ import annotations
 
-import secrets
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
@@ -40,7 +39,6 @@ from gateway.core.backpressure import Backpressure
 from gateway.core.boundary import Unexpected
 from gateway.core.config import CoreConfig
 from gateway.core.fanout import PRIORITY_NAMES, fan_out_room
-from gateway.core.limits import TokenBucket
 from gateway.core.outputs import (
     Close,
     LoadRoom,
@@ -55,12 +53,11 @@ from gateway.core.outputs import (
 )
 from gateway.core.pacing import Pacer
 from gateway.core.principals import Allowances, charge
-from gateway.core.reclaim import Reclaimer
 from gateway.core.room import Room, RoomMode
+from gateway.core.rooms import Rooms
 from gateway.core.schedule import Schedule
 from gateway.core.session import Session, State
 from gateway.core.shard import Entry
-from gateway.core.sharder import make_policy
 from gateway.core.stats import HubStats
 from gateway.errors import ErrorCode, GatewayError, Rejected, RemoteProtocolError
 from gateway.wire import frames as f
@@ -117,7 +114,7 @@ class Hub:
         self._tick_s = self.config.tick_ms / 1000.0
         self.stats = HubStats()
         self._sessions: dict[int, Session] = {}
-        self._rooms: dict[str, Room] = {}
+        self._rooms = Rooms(self.config, durable=self.durable, stats=self.stats)
         self._outputs: list[Output] = []
         # The timer's sources: rooms with pending messages (when each is due for fan-out), the
         # sharder's next look at each multi-shard room, when each session's token expires.
@@ -135,10 +132,10 @@ class Hub:
         self._by_connection: Allowances[Hashable] = Allowances(limits, limits.max_connections)
         self._by_principal: Allowances[str] = Allowances(limits, limits.max_connections)
         self._unexpected = Unexpected()
-        # Idle rooms reclaimed; dormant (durable) ones taken up again on a Join.
-        self._reclaim = Reclaimer(self.config.room_idle_s)
         # One send budget per QUIC connection; replays and fetches paced by it (core/pacing.py).
-        self._pacer = Pacer(self.config, self._rooms, self._emit, self.stats, durable=self.durable)
+        self._pacer = Pacer(
+            self.config, self._rooms.held, self._emit, self.stats, durable=self.durable
+        )
         self._handlers: dict[type[f.ClientFrame], Callable[[Session, Any, float], None]] = {
             f.Hello: self._on_hello,
             f.Join: self._on_join,
@@ -315,7 +312,7 @@ class Hub:
             self._checks.next_at(),
             self._expiries.next_at(),
             self._backpressure.watch_at,  # congested connections: a look every tick
-            self._reclaim.next_due(),
+            self._rooms.reclaim.next_due(),
         ]
         return min((t for t in times if t is not None), default=None)
 
@@ -358,13 +355,9 @@ class Hub:
     def _reclaim_idle(self, now: float) -> None:
         """Drop the rooms idle for ``room_idle_s``; a durable hub keeps their names (dormant) and
         asks the store to record their marks."""
-        for room in self._reclaim.due(now, self._rooms):
-            del self._rooms[room.name]
+        for room in self._rooms.reclaim_idle(now):
             self._checks.discard(room.name)
-            self.stats.rooms_reclaimed += 1
-            self.stats.shards_sealed += len(room.current_shards)  # no longer live here
             if self.durable:
-                self._reclaim.dormant.add(room.name)
                 self._outputs.append(RoomReclaimed(room.name, room.marks()))
 
     def _close_expired(self, now: float) -> None:
@@ -403,23 +396,10 @@ class Hub:
     def room_names(self, *, mode: str | None = None) -> list[str]:
         """Every room's name, sorted; only those in ``mode`` (``"live"``, ``"group"``) if given.
         Rooms held in memory only: a reclaimed room is not among them until it is joined again."""
-        if mode is None:
-            return sorted(self._rooms)
-        return sorted(name for name, room in self._rooms.items() if room.mode.value == mode)
+        return self._rooms.names(mode)
 
     def room_info(self, name: str, now: float) -> RoomInfo | None:
-        room = self._rooms.get(name)
-        if room is None:
-            return None
-        return RoomInfo(
-            name=name,
-            mode=room.mode.value,
-            epoch=room.shard_map.epoch,
-            shards={s.id: s.last_seq for s in room.current_shards},
-            velocities=room.policy.velocities(now),
-            room_velocity=room.policy.room_velocity(now),
-            subscribers=len(room.subscribers),
-        )
+        return self._rooms.info(name, now)
 
     @property
     def session_count(self) -> int:
@@ -479,7 +459,7 @@ class Hub:
         room = self._rooms.get(name)
         if room is not None:
             return room
-        reclaim = self._reclaim
+        reclaim = self._rooms.reclaim
         if reclaim.wait(name, session.conn_id, frame):
             return None
         if len(self._rooms) + len(reclaim.loading) >= self.config.max_rooms:
@@ -497,24 +477,8 @@ class Hub:
 
     def _make_room(self, name: str, now: float) -> Room:
         """A new room (a new incarnation), held and recorded."""
-        mode = RoomMode.LIVE
-        if self.config.is_group_room(name):
-            mode = RoomMode.GROUP
-        room = Room(
-            name,
-            mode=mode,
-            policy=make_policy(self.config.sharding),
-            now=now,
-            log_messages=self.config.log_messages_per_shard,
-            epochs_kept=self.config.epochs_kept,
-            initial_shards=self.config.sharding.min_shards,
-            incarnation=secrets.randbits(63) or 1,
-        )
-        room.bucket = self._room_bucket()
-        self._rooms[name] = room
-        self._reclaim.add(name, now)
+        room = self._rooms.make(name, now)
         self._room_changed(room, created=True)
-        self.stats.shards_opened += len(room.current_shards)
         return room
 
     def _check_room_count(self, session: Session, frame: f.Join) -> None:
@@ -572,7 +536,7 @@ class Hub:
         if room is not None:
             room.subscribers.discard(session.conn_id)
             room.active_at = max(room.active_at, now)
-        self._reclaim.cancel(frame.room, session.conn_id)
+        self._rooms.reclaim.cancel(frame.room, session.conn_id)
         self._send_frame(session, f.Left(frame.request_id, frame.room))
 
     def _joined_room(self, session: Session, name: str, request_id: int) -> Room:
@@ -700,32 +664,26 @@ class Hub:
         ``recent``: its newest stored publishes as (sender, client_msg_id, shard, seq), oldest
         first, for the retry window: a publish stored before the crash and retried after it is
         acked with its stored place instead of being sequenced again."""
-        room = Room(
+        self._rooms.restore(
             name,
-            policy=make_policy(self.config.sharding),
-            now=now,
-            mode=RoomMode(mode),
-            log_messages=self.config.log_messages_per_shard,
-            epochs_kept=self.config.epochs_kept,
             incarnation=incarnation,
+            mode=mode,
+            maps=maps,
+            high_water=high_water,
+            next_shard_id=next_shard_id,
+            now=now,
+            recent=recent,
         )
-        room.restore(maps, high_water, next_shard_id, now)
-        for sender, client_msg_id, shard, seq in recent:
-            room.remember(sender, client_msg_id, shard, seq)
-        room.bucket = self._room_bucket()
-        self._rooms[name] = room
-        self._reclaim.add(name, now)
-        self.stats.shards_opened += len(room.current_shards)
 
     def room_loaded(self, name: str, now: float) -> None:
         """The store answered a :class:`LoadRoom`: the room is restored (:meth:`restore_room`),
         or, if the store had nothing of it, made anew here. The Joins that waited for it are
         answered now, in order, as if they had just arrived (those of sessions gone or left are
         dropped). Nothing raises: a refusal becomes that session's Error."""
-        waiting = self._reclaim.finish_load(name)
+        waiting = self._rooms.reclaim.finish_load(name)
         room = self._rooms.get(name)
         if room is None:
-            self._reclaim.dormant.discard(name)
+            self._rooms.reclaim.dormant.discard(name)
             room = self._make_room(name, now)
         for conn_id, frame in waiting:
             session = self._sessions.get(conn_id)
@@ -743,7 +701,7 @@ class Hub:
         """The store could not answer a :class:`LoadRoom`: the Joins that waited get a non-fatal
         INTERNAL error (they may join again, which asks the store again); the room stays
         dormant."""
-        for conn_id, frame in self._reclaim.finish_load(name):
+        for conn_id, frame in self._rooms.reclaim.finish_load(name):
             session = self._sessions.get(conn_id)
             if session is not None and session.state is not State.CLOSED:
                 error = f"room {name!r} could not be read from the store ({reason}); retry later"
@@ -751,20 +709,13 @@ class Hub:
 
     def high_water(self, name: str) -> dict[int, int]:
         """The last seq each current shard of a room assigned (stored with each commit)."""
-        room = self._rooms.get(name)
-        if room is None:
-            return {}
-        return {s.id: s.last_seq for s in room.current_shards if s.last_seq}
+        return self._rooms.high_water(name)
 
     def _room_changed(self, room: Room, *, created: bool) -> None:
         if self.durable:
             self._outputs.append(
                 RoomChanged(room.name, room.incarnation, room.mode.value, room.shard_map, created)
             )
-
-    def _room_bucket(self) -> TokenBucket:
-        limits = self.config.limits
-        return TokenBucket(limits.publish_rate_per_room_per_s, limits.publish_burst_per_room)
 
     def _mark_dirty(self, room: Room, now: float) -> None:
         """The room has pending messages: due now if it sent no batch for a tick, else a tick
