@@ -34,7 +34,8 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
-from gateway.core.auth import Authenticator, Principal, check_client_name
+from gateway.core.admission import CAPABILITIES, Admission
+from gateway.core.auth import Authenticator
 from gateway.core.backpressure import Backpressure
 from gateway.core.boundary import Unexpected
 from gateway.core.config import CoreConfig
@@ -52,7 +53,6 @@ from gateway.core.outputs import (
     StoreRead,
 )
 from gateway.core.pacing import Pacer
-from gateway.core.principals import Allowances, charge
 from gateway.core.room import Room, RoomMode
 from gateway.core.rooms import Rooms
 from gateway.core.schedule import Schedule
@@ -79,7 +79,6 @@ __all__ = [
     "StoreRead",
 ]
 
-CAPABILITIES = ("lz4", "datagrams")
 _VIOLATIONS = frozenset({ErrorCode.FORBIDDEN, ErrorCode.UNAUTHENTICATED})
 
 
@@ -104,13 +103,6 @@ class Hub:
         self.durable = durable
         self.authenticator = authenticator
         self.wall_offset_s = 0.0
-        limits = self.config.limits
-        # How full a room's publish bucket must be to take each priority: chatter goes first.
-        self._room_floor = {
-            f.Priority.CHATTER: limits.publish_burst_per_room / 2,
-            f.Priority.NORMAL: 1.0,
-            f.Priority.HIGH: float("-inf"),
-        }
         self._tick_s = self.config.tick_ms / 1000.0
         self.stats = HubStats()
         self._sessions: dict[int, Session] = {}
@@ -128,9 +120,7 @@ class Hub:
         # Reliable messages waiting for the store: (room, shard, seq) -> who to ack.
         # Every publish waiting on it (the original and its retries, perhaps from a new session).
         self._unstored: dict[tuple[str, int, int], list[tuple[int, int, str]]] = {}
-        # Rates and violations shared per QUIC connection and per principal (idle ones kept).
-        self._by_connection: Allowances[Hashable] = Allowances(limits, limits.max_connections)
-        self._by_principal: Allowances[str] = Allowances(limits, limits.max_connections)
+        self._admission = Admission(self.config, authenticator)
         self._unexpected = Unexpected()
         # One send budget per QUIC connection; replays and fetches paced by it (core/pacing.py).
         self._pacer = Pacer(
@@ -163,7 +153,7 @@ class Hub:
             session_id,
             max_frame_bytes=self.config.max_frame_bytes,
             connection=key,
-            allowances=(self._by_connection.acquire(key),),
+            allowances=(self._admission.connection(key),),
         )
         self._sessions[conn_id] = session
         self._pacer.attach(session)
@@ -172,7 +162,7 @@ class Hub:
     def connection_closed(self, connection: Hashable) -> None:
         """The QUIC connection given to :meth:`connect` as ``connection`` is gone for good (its
         sessions were ended first): forget its shared limits."""
-        self._by_connection.forget(connection)
+        self._admission.forget_connection(connection)
 
     def receive_data(self, conn_id: int, data: bytes, now: float) -> None:
         """Bytes arrived on a session's stream. Errors become Error frames (and maybe a Close);
@@ -235,10 +225,7 @@ class Hub:
         self._backpressure.forget(conn_id)
         self._expiries.discard(conn_id)
         self._pacer.detach(session)
-        self._by_connection.release(session.connection, now)
-        if len(session.allowances) > 1 and session.principal is not None:
-            self._by_principal.release(session.principal.sub, now)
-        session.allowances = ()
+        self._admission.release(session, now)
         for name in session.rooms:
             room = self._rooms.get(name)
             if room is not None:
@@ -419,36 +406,10 @@ class Hub:
     # ---- frame handlers -------------------------------------------------------------------------
 
     def _on_hello(self, session: Session, frame: f.Hello, now: float) -> None:
-        if frame.protocol_version != f.PROTOCOL_VERSION:
-            raise Rejected(
-                f"protocol version {frame.protocol_version} is not supported; this gateway speaks "
-                f"version {f.PROTOCOL_VERSION}",
-                code=ErrorCode.UNSUPPORTED_VERSION,
-                fatal=True,
-            )
-        check_client_name(frame.client_name)
-        fallback = frame.client_name or f"anon-{session.session_id}"
-        if self.authenticator is None:
-            principal = Principal(sub=fallback, join=("*",), publish=("*",))
-        else:
-            principal = self.authenticator.authenticate(
-                frame.token, now + self.wall_offset_s, client_name=fallback
-            )
-        session.principal = principal
-        if principal.expires_at is not None:  # wall clock -> the ``now`` clock
-            self._expiries.set(session.conn_id, principal.expires_at - self.wall_offset_s)
-        session.user = principal.sub  # the sender identity is the token's subject
-        session.allowances = (*session.allowances, self._by_principal.acquire(principal.sub))
-        common = tuple(c for c in CAPABILITIES if c in frame.capabilities)
-        session.lz4 = "lz4" in common
-        session.datagrams = "datagrams" in common
-        welcome = f.Welcome(
-            f.PROTOCOL_VERSION,
-            common,
-            session.session_id,
-            self.config.max_frame_bytes,
-            self.config.max_body_bytes,
-        )
+        welcome = self._admission.hello(session, frame, now + self.wall_offset_s)
+        expires_at = session.principal.expires_at if session.principal is not None else None
+        if expires_at is not None:  # wall clock -> the ``now`` clock
+            self._expiries.set(session.conn_id, expires_at - self.wall_offset_s)
         self._send_frame(session, welcome)
 
     def _room_for_join(self, session: Session, frame: f.Join, now: float) -> Room | None:
@@ -468,7 +429,7 @@ class Hub:
                 code=ErrorCode.TOO_MANY_ROOMS,
                 request_id=request_id,
             )
-        charge(session.allowances, "create", now, request_id)
+        self._admission.create(session, request_id, now)
         if name in reclaim.dormant:
             reclaim.start_load(name, session.conn_id, frame)
             self._outputs.append(LoadRoom(name))
@@ -481,27 +442,8 @@ class Hub:
         self._room_changed(room, created=True)
         return room
 
-    def _check_room_count(self, session: Session, frame: f.Join) -> None:
-        if (
-            frame.room not in session.rooms
-            and len(session.rooms) >= self.config.max_rooms_per_session
-        ):
-            raise Rejected(
-                f"a session may join at most {self.config.max_rooms_per_session} rooms",
-                code=ErrorCode.TOO_MANY_ROOMS,
-                request_id=frame.request_id,
-            )
-
     def _on_join(self, session: Session, frame: f.Join, now: float) -> None:
-        self._check_room_count(session, frame)
-        assert session.principal is not None
-        if not session.principal.may_join(frame.room):
-            raise Rejected(
-                f"your token does not allow joining {frame.room!r}",
-                code=ErrorCode.FORBIDDEN,
-                request_id=frame.request_id,
-            )
-        charge(session.allowances, "join", now, frame.request_id)
+        self._admission.join(session, frame, now)
         room = self._room_for_join(session, frame, now)
         if room is not None:
             self._join(session, room, frame, now)
@@ -555,7 +497,7 @@ class Hub:
                 request_id=frame.request_id,
             )
         room = self._joined_room(session, frame.room, frame.request_id)
-        self._admit_publish(session, room, frame, now)
+        self._admission.publish(session, room, frame, now, self.stats)
         reliable = frame.priority is f.Priority.HIGH or room.mode is RoomMode.GROUP
         try:
             published = room.publish(frame, session.user, durable=not reliable)
@@ -582,30 +524,6 @@ class Hub:
         ack = f.Ack(frame.request_id, frame.client_msg_id, published.shard, published.seq)
         self._send_frame(session, ack)
         self.stats.acks += 1
-
-    def _admit_publish(self, session: Session, room: Room, frame: f.Publish, now: float) -> None:
-        """Permission and rates. A room over its rate sheds lowest priority first: chatter once
-        its bucket is below half, normal once it is empty; high is never refused for the room's
-        rate (it still spends tokens)."""
-        assert session.principal is not None
-        if not session.principal.may_publish(frame.room):
-            raise Rejected(
-                f"your token does not allow publishing to {frame.room!r}",
-                code=ErrorCode.FORBIDDEN,
-                request_id=frame.request_id,
-            )
-        charge(session.allowances, "publish", now, frame.request_id)
-        assert room.bucket is not None
-        if room.bucket.available(now) < self._room_floor[frame.priority]:
-            name = PRIORITY_NAMES[frame.priority]
-            self.stats.room_rate_refused[name] += 1
-            raise Rejected(
-                f"room {room.name!r} is over its publish rate: {name} "
-                "messages are shed first; retry later",
-                code=ErrorCode.RATE_LIMITED,
-                request_id=frame.request_id,
-            )
-        room.bucket.take(now)
 
     # ---- the reliable path ----------------------------------------------------------------------
 
@@ -690,7 +608,7 @@ class Hub:
             if session is None or session.state is State.CLOSED:
                 continue
             try:
-                self._check_room_count(session, frame)
+                self._admission.room_count(session, frame)
                 self._join(session, room, frame, now)
             except GatewayError as exc:
                 self._fail(session, exc)
@@ -727,7 +645,7 @@ class Hub:
         """Answer from the shard log, or the store for what the log no longer holds; only while
         the connection has room in its send budget (else RATE_LIMITED: core/pacing.py)."""
         room = self._joined_room(session, frame.room, frame.request_id)
-        charge(session.allowances, "fetch", now, frame.request_id)
+        self._admission.fetch(session, frame, now)
         try:
             shard = room.shard(frame.shard)
         except GatewayError as exc:
