@@ -56,7 +56,7 @@ def test_runs_of_two_engines_share_one_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("profiler", ["py-spy", "cprofile"])
 def test_a_short_run_fills_every_bucket_row(profiler: str) -> None:
-    opts = Options(profiler=profiler, subscribers=5, rate_hz=20, warmup_s=1.0, seconds=2.0)
+    opts = Options(profiler=profiler, subscribers=5, rate_per_s=20, warmup_s=1.0, seconds=2.0)
     try:
         result = profile_run(opts)
     except RuntimeError as exc:
