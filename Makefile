@@ -17,10 +17,10 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,loadgen]'
 	@touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install Skein with its dev extras
+install: $(STAMP)  ## create .venv and install Skein with its dev and loadgen extras
 
 certs: $(STAMP)  ## make (or refresh) the development CA and server certificate in certs/
 	$(BIN)/python -m gateway.server.certs --dir certs

@@ -1,7 +1,7 @@
 """Capacity of a hot room, and end-to-end latency at 50% and 90% of it.
 
 Capacity is found at a fixed number of subscribers by the publish rate: doubled from
-``Search.start_hz`` until a probe fails to hold, then bisected (geometrically) between the last
+``Search.start_per_s`` until a probe fails to hold, then bisected (geometrically) between the last
 rate that held and the first that did not. A probe *holds* (failing, it is tried once more) when
 the subscribers counted at least ``min_achieved`` of the offered deliveries, nothing was shed, no
 session was dropped, and the sampled p99 latency stayed under ``max_p99_ms``. The capacity is the
@@ -40,8 +40,8 @@ PROBE = Timing(runs=1, warmup_s=1.5, window_s=3.0)
 class Search:
     """How capacity is searched for, and what "sustained" means."""
 
-    start_hz: float = 25.0
-    max_hz: float = 3200.0
+    start_per_s: float = 25.0
+    max_per_s: float = 3200.0
     bisect_steps: int = 3
     probe: Timing = PROBE
     min_achieved: float = 0.95
@@ -54,7 +54,7 @@ FULL_SEARCH = Search()
 # A smoke run checks the search works: few short probes, and criteria loose enough that a loaded
 # machine still finds some capacity (its numbers mean nothing).
 QUICK_SEARCH = Search(
-    max_hz=100.0,
+    max_per_s=100.0,
     bisect_steps=1,
     probe=Timing(runs=1, warmup_s=0.5, window_s=1.0),
     min_achieved=0.5,
@@ -81,17 +81,17 @@ async def find_capacity(
     """The highest publish rate that holds (0 if even the first fails), and every probe."""
     probes: list[Measurement] = []
 
-    async def trial(rate_hz: float) -> bool:
+    async def trial(rate_per_s: float) -> bool:
         # A failed probe gets a second chance: on a shared machine one stall of a neighbour
         # would otherwise set the capacity.
         for _ in range(2):
-            probes.extend(await repeat(gw, swarm, rate_hz, search.probe))
+            probes.extend(await repeat(gw, swarm, rate_per_s, search.probe))
             if not verdict(probes[-1], search):
                 return True
         return False
 
-    good, bad, rate = 0.0, math.inf, search.start_hz
-    while rate <= search.max_hz:
+    good, bad, rate = 0.0, math.inf, search.start_per_s
+    while rate <= search.max_per_s:
         if not await trial(rate):
             bad = rate
             break
@@ -106,21 +106,21 @@ async def find_capacity(
 
 
 def _capacity_figure(
-    subscribers: int, rate_hz: float, probes: list[Measurement], search: Search
+    subscribers: int, rate_per_s: float, probes: list[Measurement], search: Search
 ) -> Figure:
     tried = ", ".join(
-        f"{p.rate_hz:.0f}" + (f" ({why})" if (why := verdict(p, search)) else "") for p in probes
+        f"{p.rate_per_s:.0f}" + (f" ({why})" if (why := verdict(p, search)) else "") for p in probes
     )
     return Figure(
         "capacity",
         f"hot room capacity, {subscribers} subscribers, {ENGINE}",
-        rate_hz * subscribers,
+        rate_per_s * subscribers,
         "deliveries/s",
-        f"highest publish rate that held: {rate_hz:.0f} msgs/s, ~{rate_hz * TICK_S:.1f} messages "
+        f"highest publish rate that held: {rate_per_s:.0f} msgs/s, ~{rate_per_s * TICK_S:.1f} messages "
         f"per batch per subscriber (>= {search.min_achieved:.0%} "
         f"delivered, none shed or dropped, p99 <= {search.max_p99_ms:.0f} ms); msgs/s tried: "
         f"{tried}",
-        {"rate_hz": rate_hz, "probes": [p.as_dict() for p in probes]},
+        {"rate_per_s": rate_per_s, "probes": [p.as_dict() for p in probes]},
     )
 
 
@@ -128,7 +128,7 @@ def _latency_figures(level: float, capacity: float, runs: list[Measurement]) -> 
     m = medians(runs)
     first = runs[0]
     note = (
-        f"median of {len(runs)} x {first.window_s:.0f} s at {first.rate_hz:.0f} msgs/s x "
+        f"median of {len(runs)} x {first.window_s:.0f} s at {first.rate_per_s:.0f} msgs/s x "
         f"{first.subscribers} subscribers ({first.offered_per_s:,.0f} deliveries/s offered, "
         f"{m['achieved']:.0%} delivered; capacity {capacity:,.0f}/s); from intended send time"
     )
@@ -151,11 +151,11 @@ def run(quick: bool) -> list[Figure]:
     timing, search = (QUICK, QUICK_SEARCH) if quick else (FULL, FULL_SEARCH)
 
     async def work(gw: RunningGateway, swarm: Fleet) -> list[Figure]:
-        rate_hz, probes = await find_capacity(gw, swarm, search)
-        capacity = rate_hz * subscribers
-        figures = [_capacity_figure(subscribers, rate_hz, probes, search)]
-        for level in LEVELS if rate_hz else ():
-            runs = await repeat(gw, swarm, level * rate_hz, timing)
+        rate_per_s, probes = await find_capacity(gw, swarm, search)
+        capacity = rate_per_s * subscribers
+        figures = [_capacity_figure(subscribers, rate_per_s, probes, search)]
+        for level in LEVELS if rate_per_s else ():
+            runs = await repeat(gw, swarm, level * rate_per_s, timing)
             figures += _latency_figures(level, capacity, runs)
         return figures
 

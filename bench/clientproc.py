@@ -110,17 +110,17 @@ Emit = Callable[[list[tuple[int, int]]], Awaitable[None]]
 
 class Paced:
     """Calls ``emit`` with the messages that came due, as ``(index, intended_ns)`` for index
-    0, 1, 2, ... at ``rate_hz``, until :meth:`stop`; woken late, it emits every message that came
+    0, 1, 2, ... at ``rate_per_s``, until :meth:`stop`; woken late, it emits every message that came
     due in one call, each still stamped with the time it was due (no coordinated omission)."""
 
-    def __init__(self, rate_hz: float, emit: Emit) -> None:
-        if rate_hz <= 0:
-            raise ValueError(f"rate_hz must be > 0, got {rate_hz}")
+    def __init__(self, rate_per_s: float, emit: Emit) -> None:
+        if rate_per_s <= 0:
+            raise ValueError(f"rate_per_s must be > 0, got {rate_per_s}")
         self.sent = 0
         self.worst_lag_ns = 0  # the most it fell behind its schedule
         self.prefix = os.urandom(4).hex()  # distinct client message ids per run
         self._emit = emit
-        self._period_ns = 1e9 / rate_hz
+        self._period_ns = 1e9 / rate_per_s
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:

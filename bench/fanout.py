@@ -184,13 +184,13 @@ def _engine_figures(
     engine: str, loads: tuple[tuple[int, float], ...], timing: Timing
 ) -> list[Figure]:
     figures: list[Figure] = []
-    for subscribers, rate_hz in loads:
-        label = f"{subscribers} subscribers x {rate_hz:g} msgs/s, {engine}"
+    for subscribers, rate_per_s in loads:
+        label = f"{subscribers} subscribers x {rate_per_s:g} msgs/s, {engine}"
 
         async def work(
-            gw: RunningGateway, swarm: Fleet, rate_hz: float = rate_hz
+            gw: RunningGateway, swarm: Fleet, rate_per_s: float = rate_per_s
         ) -> list[Measurement]:
-            return await repeat(gw, swarm, rate_hz, timing)
+            return await repeat(gw, swarm, rate_per_s, timing)
 
         try:
             runs = in_hot_room(engine, subscribers, work)
@@ -202,13 +202,13 @@ def _engine_figures(
 
 
 def _unbatched(loads: tuple[tuple[int, float], ...], timing: Timing) -> list[Figure]:
-    subscribers, rate_hz = loads[0]
+    subscribers, rate_per_s = loads[0]
 
     async def work(gw: RunningGateway, swarm: Fleet) -> list[Measurement]:
-        return await repeat(gw, swarm, rate_hz, timing)
+        return await repeat(gw, swarm, rate_per_s, timing)
 
     runs = in_hot_room("aioquic", subscribers, work, core=UNBATCHED)
-    label = f"{subscribers} subscribers x {rate_hz:g} msgs/s, aioquic, unbatched (tick 0)"
+    label = f"{subscribers} subscribers x {rate_per_s:g} msgs/s, aioquic, unbatched (tick 0)"
     return load_figures(label, runs, "aioquic")[:1]
 
 

@@ -50,14 +50,14 @@ def _figure(series: str, runs: list[Measurement]) -> Figure:
     return Figure(
         "growth",
         f"gateway CPU per delivery, by {series}: {first.subscribers} subscribers x "
-        f"{first.rate_hz:g} msgs/s, {ENGINE}",
+        f"{first.rate_per_s:g} msgs/s, {ENGINE}",
         m["cpu_us_per_delivery"],
         "us",
         summary_note(runs),
         {
             "series": series,
             "subscribers": first.subscribers,
-            "rate_hz": first.rate_hz,
+            "rate_per_s": first.rate_per_s,
             "medians": m,
             "runs": [run.as_dict() for run in runs],
         },
@@ -139,7 +139,7 @@ def plot(figures: Sequence[Figure], path: Path) -> Path | None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     if by_subs:
-        rate = by_subs[0].extra["rate_hz"]
+        rate = by_subs[0].extra["rate_per_s"]
         _panel(
             left,
             _series(by_subs, "subscribers"),
@@ -151,7 +151,7 @@ def plot(figures: Sequence[Figure], path: Path) -> Path | None:
         subs = by_rate[0].extra["subscribers"]
         _panel(
             right,
-            _series(by_rate, "rate_hz"),
+            _series(by_rate, "rate_per_s"),
             "publish rate (msgs/s)",
             f"by rate, {subs} subscribers",
             log=False,

@@ -3,7 +3,7 @@
 A :class:`Fleet` is a few :mod:`bench.swarm` processes holding the subscribers, plus one more
 that publishes; all of them run the client QUIC engine (qh3 by default: its native packet core
 takes the least CPU from the gateway on the shared cores). The subscribers are in one room
-(:data:`ROOM`) or spread evenly over ``rooms`` rooms, and the publisher publishes ``rate_hz``
+(:data:`ROOM`) or spread evenly over ``rooms`` rooms, and the publisher publishes ``rate_per_s``
 into each. :func:`measure` runs the publisher at a fixed rate, lets the rooms warm up, then
 measures a steady window: the server's CPU time from /proc, the deliveries the subscribers
 counted, the latency the sampled subscribers saw, what the server shed (from its /metrics) and
@@ -233,10 +233,10 @@ class Fleet:
             total("udp_drops"),
         )
 
-    async def publish(self, rate_hz: float) -> None:
-        """Start publishing at ``rate_hz`` into each room; returns once the publisher joined."""
+    async def publish(self, rate_per_s: float) -> None:
+        """Start publishing at ``rate_per_s`` into each room; returns once the publisher joined."""
         await self.publisher.ask(
-            "publish", self.url, self.ca, ROOM, rate_hz, BODY_BYTES, self.rooms
+            "publish", self.url, self.ca, ROOM, rate_per_s, BODY_BYTES, self.rooms
         )
 
     async def stop_publishing(self) -> dict[str, Any]:
@@ -300,7 +300,7 @@ class Measurement:
     """One steady window at a fixed load. Rates are per second of the window."""
 
     subscribers: int
-    rate_hz: float
+    rate_per_s: float
     window_s: float
     offered_per_s: float  # rate x subscribers
     delivered_per_s: float  # counted by the subscribers
@@ -322,7 +322,7 @@ class Measurement:
     published: int
     acked: int
     latency: dict[str, float | int]  # loadgen Summary of the sampled subscribers, ms
-    rooms: int = 1  # the subscribers spread over this many rooms, rate_hz into each
+    rooms: int = 1  # the subscribers spread over this many rooms, rate_per_s into each
     busiest_client_cpu_percent: float = 0.0  # the busiest single client process, of one core
 
     @property
@@ -376,13 +376,13 @@ async def _window(gw: Server, swarm: Fleet, window_s: float) -> _Window:
 
 
 async def measure(
-    gw: Server, swarm: Fleet, rate_hz: float, *, warmup_s: float, window_s: float
+    gw: Server, swarm: Fleet, rate_per_s: float, *, warmup_s: float, window_s: float
 ) -> Measurement:
-    """Publish at ``rate_hz`` into each of the fleet's rooms; measure a window of ``window_s``
+    """Publish at ``rate_per_s`` into each of the fleet's rooms; measure a window of ``window_s``
     after ``warmup_s``; stop and wait for the rooms to drain. The fleet must be open on ``gw``.
-    Offered deliveries are ``rate_hz`` x subscribers (each subscriber is in one room)."""
+    Offered deliveries are ``rate_per_s`` x subscribers (each subscriber is in one room)."""
     await swarm.open(gw)  # tops up sessions an earlier overload cost
-    await swarm.publish(rate_hz)
+    await swarm.publish(rate_per_s)
     try:
         await swarm.first_delivery()
         await asyncio.sleep(warmup_s)
@@ -393,9 +393,9 @@ async def measure(
     elapsed, tallies = window.elapsed_s, window.tallies
     return Measurement(
         subscribers=swarm.subscribers,
-        rate_hz=rate_hz,
+        rate_per_s=rate_per_s,
         window_s=round(elapsed, 3),
-        offered_per_s=rate_hz * swarm.subscribers,
+        offered_per_s=rate_per_s * swarm.subscribers,
         delivered_per_s=tallies.messages_per_s,
         cpu_us_per_delivery=window.gateway_cpu_s / max(1, tallies.messages) * 1e6,
         gateway_cpu_percent=window.gateway_cpu_s / elapsed * 100,
@@ -442,10 +442,10 @@ def medians(runs: Sequence[Measurement]) -> dict[str, float]:
     return out
 
 
-async def repeat(gw: Server, swarm: Fleet, rate_hz: float, timing: Timing) -> list[Measurement]:
-    """``timing.runs`` measurements at ``rate_hz``, one after the other."""
+async def repeat(gw: Server, swarm: Fleet, rate_per_s: float, timing: Timing) -> list[Measurement]:
+    """``timing.runs`` measurements at ``rate_per_s``, one after the other."""
     return [
-        await measure(gw, swarm, rate_hz, warmup_s=timing.warmup_s, window_s=timing.window_s)
+        await measure(gw, swarm, rate_per_s, warmup_s=timing.warmup_s, window_s=timing.window_s)
         for _ in range(timing.runs)
     ]
 
@@ -484,7 +484,7 @@ def summary_note(runs: Sequence[Measurement]) -> str:
     rooms = f" in {first.rooms} rooms" if first.rooms > 1 else ""
     return (
         f"median of {len(runs)} x {first.window_s:.0f} s; {first.subscribers} subscribers{rooms} x "
-        f"{first.rate_hz:g} msgs/s, {BODY_BYTES} B: delivered {m['delivered_per_s']:,.0f}/s of "
+        f"{first.rate_per_s:g} msgs/s, {BODY_BYTES} B: delivered {m['delivered_per_s']:,.0f}/s of "
         f"{first.offered_per_s:,.0f}/s offered ({m['achieved']:.0%}); gateway CPU "
         f"{m['gateway_cpu_percent']:.0f}% of a core (+{m['gateway_wait_percent']:.0f}% waiting "
         f"for one), clients {m['clients_cpu_percent']:.0f}%, load {m['load_avg_1m']:.1f}; shed "

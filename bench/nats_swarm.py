@@ -100,7 +100,7 @@ class Subscriber:
 class NatsPublisher:
     """A connection that is a member of every room and publishes into them on a schedule."""
 
-    def __init__(self, nc: Client, subjects: list[str], rate_hz: float, body_bytes: int) -> None:
+    def __init__(self, nc: Client, subjects: list[str], rate_per_s: float, body_bytes: int) -> None:
         self.nc = nc
 
         async def emit(due: list[tuple[int, int]]) -> None:
@@ -108,7 +108,7 @@ class NatsPublisher:
                 subject = subjects[index % len(subjects)]
                 await nc.publish(subject, body(index, intended_ns, body_bytes))
 
-        self.schedule = Paced(rate_hz * len(subjects), emit)
+        self.schedule = Paced(rate_per_s * len(subjects), emit)
 
 
 class NatsSwarm:
@@ -165,7 +165,7 @@ class NatsSwarm:
         return {"closed": closed}
 
     async def publish(
-        self, url: str, ca: str, room: str, rate_hz: str, body_bytes: str, rooms: str = "1"
+        self, url: str, ca: str, room: str, rate_per_s: str, body_bytes: str, rooms: str = "1"
     ) -> dict[str, Any]:
         """Connect a publisher, subscribe it to every room, start its schedule."""
         if self.publisher is not None:
@@ -179,7 +179,7 @@ class NatsSwarm:
             for subject in subjects:
                 await nc.subscribe(subject, cb=sink.echo)
             await nc.flush(OPEN_TIMEOUT_S)
-            self.publisher = NatsPublisher(nc, subjects, float(rate_hz), int(body_bytes))
+            self.publisher = NatsPublisher(nc, subjects, float(rate_per_s), int(body_bytes))
         except BaseException:
             await nc.close()
             raise

@@ -72,25 +72,27 @@ KEPT_UP = 0.95  # delivered / offered below this: the server fell behind and lat
 
 @dataclass(frozen=True, slots=True)
 class Workload:
-    """``subscribers`` spread evenly over ``rooms``, ``rate_hz`` msgs/s into each room, the
+    """``subscribers`` spread evenly over ``rooms``, ``rate_per_s`` msgs/s into each room, the
     subscribers in ``processes`` client processes per system, about ``sampled`` of each
     process's recording latency (the rest only count)."""
 
     name: str
     subscribers: int
     rooms: int
-    rate_hz: float
+    rate_per_s: float
     processes: int
     sampled: int = 4
 
     @property
     def offered_per_s(self) -> float:
-        return self.subscribers * self.rate_hz
+        return self.subscribers * self.rate_per_s
 
     @property
     def label(self) -> str:
         where = "1 room" if self.rooms == 1 else f"{self.rooms} rooms"
-        return f"{self.name}: {self.subscribers} subscribers in {where} x {self.rate_hz:g} msgs/s"
+        return (
+            f"{self.name}: {self.subscribers} subscribers in {where} x {self.rate_per_s:g} msgs/s"
+        )
 
 
 # Enough sampled subscribers for a p999 of some 10,000 samples per 5 s window (40 x 100 msgs/s
@@ -244,7 +246,7 @@ async def _measure_workload(
                     await measure(
                         servers[system],
                         fleets[system],
-                        workload.rate_hz,
+                        workload.rate_per_s,
                         warmup_s=timing.warmup_s,
                         window_s=timing.window_s,
                     )

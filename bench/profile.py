@@ -119,8 +119,8 @@ async def _subscriber_process(url: str, ca: str, count: int) -> AsyncIterator[_S
             await proc.wait()
 
 
-async def _publish(url: str, ca: str, rate_hz: float, size: int, stop: asyncio.Event) -> int:
-    """Publish ``size``-byte chatter to ``hot`` at ``rate_hz`` until ``stop``; returns how many
+async def _publish(url: str, ca: str, rate_per_s: float, size: int, stop: asyncio.Event) -> int:
+    """Publish ``size``-byte chatter to ``hot`` at ``rate_per_s`` until ``stop``; returns how many
     were acked. Up to 64 publishes wait for their acks at once, so the rate holds even when the
     gateway acks at its next tick."""
     from gateway.sdk.client import connect
@@ -149,7 +149,7 @@ async def _publish(url: str, ca: str, rate_hz: float, size: int, stop: asyncio.E
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             sent += 1
-            delay = start + sent / rate_hz - time.monotonic()
+            delay = start + sent / rate_per_s - time.monotonic()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
@@ -252,14 +252,14 @@ class Options:
     engine: str = "aioquic"
     profiler: str = "py-spy"
     subscribers: int = 150
-    rate_hz: float = 20.0
+    rate_per_s: float = 20.0
     size_bytes: int = 100
     tick_ms: float = 10.0
     lz4_min_bytes: int = 512
     warmup_s: float = 3.0
     seconds: float = 10.0
     windows: int = 5
-    sample_hz: int = 250
+    sample_per_s: int = 250
     raw_out: Path | None = None
 
 
@@ -295,7 +295,7 @@ async def _measure(gw: _Gateway, subs: _Subscribers, during: Callable[[], Any]) 
 
 async def _pyspy(pid: int, opts: Options, out: Path) -> None:
     exe = Path(sys.executable).with_name("py-spy")
-    flags = f"record --pid {pid} --native --format raw --rate {opts.sample_hz} --duration"
+    flags = f"record --pid {pid} --native --format raw --rate {opts.sample_per_s} --duration"
     cmd = [str(exe if exe.exists() else "py-spy"), *flags.split()]
     cmd += [str(max(1, round(opts.seconds))), "--output", str(out)]
     proc = await asyncio.create_subprocess_exec(
@@ -364,7 +364,7 @@ async def _run(
         async with _subscriber_process(gw.url, ca, opts.subscribers) as subs:
             stop = asyncio.Event()
             publisher = asyncio.create_task(
-                _publish(gw.url, ca, opts.rate_hz, opts.size_bytes, stop)
+                _publish(gw.url, ca, opts.rate_per_s, opts.size_bytes, stop)
             )
             try:
                 await asyncio.sleep(opts.warmup_s)
@@ -417,7 +417,7 @@ def profile_run(opts: Options) -> dict[str, Any]:
         "engine": opts.engine,
         "profiler": opts.profiler,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
-        "offered_per_s": opts.rate_hz * opts.subscribers,
+        "offered_per_s": opts.rate_per_s * opts.subscribers,
         "unprofiled": whole.summary(),
         "unprofiled_windows": [w.summary() for w in plain],
         "profiled": sampled.summary(),
@@ -497,16 +497,18 @@ _FLAGS = {  # Options field: what its flag means
     "engine": "the gateway's QUIC engine",
     "profiler": "py-spy (samples from outside; needs ptrace) or cprofile (inside the gateway)",
     "subscribers": "clients in the hot room",
-    "rate_hz": "messages published per second",
+    "rate_per_s": "messages published per second",
     "size_bytes": "body size of each message",
     "tick_ms": "the gateway's batching tick",
     "lz4_min_bytes": "batches this large are also sent lz4-compressed (1000000000: never)",
     "warmup_s": "load before the first measured window",
     "seconds": "how long the gateway is measured untouched, then profiled",
     "windows": "the untouched stretch is cut in this many windows, to show how steady it was",
-    "sample_hz": "py-spy samples per second",
+    "sample_per_s": "py-spy samples per second",
 }
 _CHOICES = {"engine": ["aioquic", "qh3"], "profiler": ["py-spy", "cprofile"]}
+# Flags renamed when rates became ``_per_s`` everywhere: the old spelling is still accepted.
+_OLD_FLAGS = {"rate_per_s": "--rate-hz", "sample_per_s": "--sample-hz"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -518,10 +520,19 @@ def _parser() -> argparse.ArgumentParser:
     defaults = Options()
     for name, text in _FLAGS.items():
         default = getattr(defaults, name)
-        flag = "--" + name.replace("_", "-")
+        flags = ["--" + name.replace("_", "-")]
+        old = _OLD_FLAGS.get(name)
+        if old:
+            flags.append(old)
+            text += f"; {old}: its old name, deprecated"
         kind, choices = type(default), _CHOICES.get(name)
         p.add_argument(
-            flag, type=kind, choices=choices, default=default, help=f"{text} ({default})"
+            *flags,
+            dest=name,
+            type=kind,
+            choices=choices,
+            default=default,
+            help=f"{text} ({default})",
         )
     p.add_argument("--raw-out", type=Path, help="keep py-spy's collapsed stacks in this file")
     p.add_argument("--text-out", type=Path, help="also write the tables to this file, as text")

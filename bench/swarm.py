@@ -321,7 +321,7 @@ class Swarm:
         return {"closed": closed}
 
     async def publish(
-        self, url: str, ca: str, room: str, rate_hz: str, body_bytes: str, rooms: str = "1"
+        self, url: str, ca: str, room: str, rate_per_s: str, body_bytes: str, rooms: str = "1"
     ) -> dict[str, Any]:
         """Open a publisher session, join every room and start publishing; returns once its
         schedule began."""
@@ -343,7 +343,7 @@ class Swarm:
         except BaseException:
             session.end()
             raise
-        self.publisher = Publisher(session, tally, names, float(rate_hz), int(body_bytes))
+        self.publisher = Publisher(session, tally, names, float(rate_per_s), int(body_bytes))
         return {"started": True}
 
     async def stop(self) -> dict[str, Any]:
@@ -364,7 +364,7 @@ class Swarm:
 
 
 class Publisher:
-    """Publishes CHATTER into ``rooms`` in turn, ``rate_hz`` into each, on a :class:`Paced`
+    """Publishes CHATTER into ``rooms`` in turn, ``rate_per_s`` into each, on a :class:`Paced`
     schedule until stopped; messages that came due together go out in one write."""
 
     def __init__(
@@ -372,7 +372,7 @@ class Publisher:
         session: RawSession,
         tally: Tally,
         rooms: list[str],
-        rate_hz: float,
+        rate_per_s: float,
         body_bytes: int,
     ) -> None:
         self.session, self.tally = session, tally
@@ -395,7 +395,7 @@ class Publisher:
             ]
             self.session.send(b"".join(frames))
 
-        self.schedule = Paced(rate_hz * len(rooms), emit)
+        self.schedule = Paced(rate_per_s * len(rooms), emit)
 
 
 def _room_of(session: RawSession) -> int:

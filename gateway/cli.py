@@ -116,9 +116,7 @@ def _client_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 async def _chat(args: argparse.Namespace) -> int:
-    from gateway.sdk.client import connect
-    from gateway.sdk.publish import PublishTimeout
-    from gateway.wire.frames import Priority
+    from gateway.sdk import Priority, PublishTimeout, connect
 
     priority = Priority[args.priority.upper()]
     loop = asyncio.get_running_loop()
@@ -294,14 +292,32 @@ def _choose_engine(argv: list[str]) -> None:
         os.environ["SKEIN_QUIC_ENGINE"] = known.quic_engine
 
 
+def _loadgen(argv: list[str]) -> int:
+    """``skein loadgen``: loadgen has its own parser and --help; every argument is its own.
+
+    loadgen is imported only here, so a gateway installed without the ``loadgen`` extra serves,
+    chats and mints tokens without it. Without the extra this is one line on stderr naming it
+    and the missing modules, and exit status 2, before any client starts."""
+    import loadgen
+
+    missing = loadgen.missing_modules()
+    if missing:
+        print(
+            f"skein loadgen: needs the {loadgen.EXTRA!r} extra, which is not installed (missing "
+            f"{', '.join(missing)}): pip install 'skein[{loadgen.EXTRA}]'",
+            file=sys.stderr,
+        )
+        return 2
+    from loadgen.cli import main as loadgen_main
+
+    return loadgen_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     _choose_engine(argv)
     if argv[:1] == ["loadgen"]:
-        # loadgen has its own parser and --help; every argument after "loadgen" is its own.
-        from loadgen.cli import main as loadgen_main
-
-        return loadgen_main(argv[1:])
+        return _loadgen(argv[1:])
     args = _parser().parse_args(argv)
     try:
         code: int = args.run(args)

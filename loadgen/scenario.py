@@ -18,8 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal, get_args
 
+from gateway.core.config import rename_old_keys
 from loadgen.relay import PROFILES, PathProfile
 
 __all__ = [
@@ -51,7 +53,7 @@ Weights = tuple[tuple[str, float], ...]
 # Bounds that keep a typo from asking for something no machine can do (or a test that never ends).
 MAX_CLIENTS = 100_000
 MAX_DURATION_S = 24 * 3600.0
-MAX_RATE_HZ = 1000.0
+MAX_RATE_PER_S = 1000.0
 MAX_BODY_BYTES = 16_384  # the gateway's default core.max_body_bytes
 MIN_BODY_BYTES = 32  # room for loadgen's payload header
 MAX_BLACKOUT_MS = 20_000.0  # well within the 30 s QUIC idle timeout
@@ -125,12 +127,17 @@ class Burst:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PublishConfig:
-    """Each client publishes ``rate_per_client_hz`` messages a second on average (a Poisson
+    """Each client publishes ``rate_per_client_per_s`` messages a second on average (a Poisson
     process), spread evenly over its rooms, sped up in ``bursts``. Sizes are log-uniform in
     ``size_bytes_min..size_bytes_max``; priorities are drawn by weight. ``max_in_flight``
     unacknowledged publishes per client: beyond it the next waits (and its latency shows it)."""
 
-    rate_per_client_hz: float = 0.5
+    # Old key -> its name now: a scenario file with the old one still loads, with a FutureWarning.
+    RENAMED_KEYS: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {"rate_per_client_hz": "rate_per_client_per_s"}
+    )
+
+    rate_per_client_per_s: float = 0.5
     size_bytes_min: int = 64
     size_bytes_max: int = 512
     priorities: Weights = (("normal", 1.0),)
@@ -138,7 +145,12 @@ class PublishConfig:
     max_in_flight: int = 32
 
     def __post_init__(self) -> None:
-        _finite("publish.rate_per_client_hz", self.rate_per_client_hz, low=0.0, high=MAX_RATE_HZ)
+        _finite(
+            "publish.rate_per_client_per_s",
+            self.rate_per_client_per_s,
+            low=0.0,
+            high=MAX_RATE_PER_S,
+        )
         _check(
             MIN_BODY_BYTES <= self.size_bytes_min <= self.size_bytes_max <= MAX_BODY_BYTES,
             f"publish sizes need {MIN_BODY_BYTES} <= size_bytes_min <= size_bytes_max "
@@ -272,6 +284,7 @@ _TABLES: dict[str, type[Any]] = {
 
 
 def _known(cls: type[Any], table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    table = rename_old_keys(cls, table, where)
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(table) - names)
     if unknown:
@@ -339,8 +352,10 @@ def _toml_value(text: str) -> Any:
 def apply_overrides(data: Mapping[str, Any], settings: Sequence[str]) -> dict[str, Any]:
     """Return a copy of ``data`` with each ``dotted.key=value`` of ``settings`` applied.
 
-    Values are TOML literals (``handoffs.kinds={migrate=1}``). Raises ``ValueError`` for a setting
-    without ``=``; unknown keys are refused later, when the scenario is built.
+    Values are TOML literals (``handoffs.kinds={migrate=1}``). A setting replaces the same setting
+    under an older or newer name (``publish.rate_per_client_hz`` and ``rate_per_client_per_s``).
+    Raises ``ValueError`` for a setting without ``=``; unknown keys are refused later, when the
+    scenario is built.
     """
     out: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
     for setting in settings:
@@ -354,8 +369,20 @@ def apply_overrides(data: Mapping[str, Any], settings: Sequence[str]) -> dict[st
             if not isinstance(child, dict):
                 raise ValueError(f"--set {key}: {table} is not a table")
             node = child
+        for other in _spellings(leaf):  # the setting overrides the file whatever the spelling
+            node.pop(other, None)
         node[leaf] = _toml_value(value.strip())
     return out
+
+
+def _spellings(key: str) -> set[str]:
+    """Every name of the setting ``key`` names (its old names and its name now)."""
+    names = {key}
+    for cls in _TABLES.values():
+        for old, new in getattr(cls, "RENAMED_KEYS", {}).items():
+            if key in (old, new):
+                names |= {old, new}
+    return names
 
 
 def _shipped() -> Any:

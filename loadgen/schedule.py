@@ -137,16 +137,16 @@ def rate_multiplier(bursts: Sequence[Burst], room_rank: int, at_s: float) -> flo
 
 
 def _room_times(
-    rng: random.Random, rate_hz: float, bursts: Sequence[Burst], rank: int, duration_s: float
+    rng: random.Random, rate_per_s: float, bursts: Sequence[Burst], rank: int, duration_s: float
 ) -> Iterator[float]:
-    """A Poisson process of ``rate_hz`` times the burst multiplier, by thinning: candidates at
+    """A Poisson process of ``rate_per_s`` times the burst multiplier, by thinning: candidates at
     the peak rate, each kept with probability multiplier / peak."""
     peak = max([1.0, *(b.multiplier for b in bursts if b.room_rank in (None, rank))])
-    if rate_hz <= 0:
+    if rate_per_s <= 0:
         return
     t = 0.0
     while True:
-        t += rng.expovariate(rate_hz * peak)
+        t += rng.expovariate(rate_per_s * peak)
         if t >= duration_s:
             return
         if rng.random() * peak < rate_multiplier(bursts, rank, t):
@@ -163,13 +163,13 @@ def publish_schedule(
 ) -> Iterator[PublishEvent]:
     """The client's publishes in time order, lazily: O(rooms) memory however long the run.
 
-    The client's ``rate_per_client_hz`` is split evenly over its rooms. Each room's times come from
+    The client's ``rate_per_client_per_s`` is split evenly over its rooms. Each room's times come from
     its own generator (seeded from ``rng``), so adding a burst to one room leaves the others' times
     unchanged; sizes and priorities are drawn from ``rng`` in time order.
     """
     if not ranks:
         return
-    per_room = publish.rate_per_client_hz / len(ranks)
+    per_room = publish.rate_per_client_per_s / len(ranks)
     streams = [
         _tagged(
             _room_times(random.Random(rng.random()), per_room, publish.bursts, r, duration_s), r

@@ -33,7 +33,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from gateway.errors import ConnectionLost, GatewayError, LocalProtocolError
-from gateway.sdk.client import Client, ClientStats, connect
+from gateway.sdk import Client, ClientStats, connect
 from gateway.wire import frames as f
 from gateway.wire.frames import Priority
 from loadgen.auth import room_pattern

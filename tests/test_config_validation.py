@@ -291,3 +291,44 @@ def test_serve_refuses_bad_configuration_in_one_line(
         assert str(cert) in lines[0] and str(key) in lines[0]
     assert "Traceback" not in done.stdout + done.stderr
     assert "serving" not in done.stdout  # refused before it said it was ready
+
+
+# ---- renamed keys: rates are spelled _per_s, and files with the old names go on loading --------
+
+
+def test_every_rate_setting_is_spelled_per_s() -> None:
+    spelled_otherwise = [
+        f"[{table}] {key}"
+        for table, key, _ in settings()
+        if key.endswith(("_hz", "_msgs_s", "_msg_s", "_per_sec"))
+    ]
+    assert spelled_otherwise == []
+
+
+def test_the_old_sharding_keys_still_load_with_a_warning(tmp_path: Path) -> None:
+    new = load(tmp_path, "core.sharding", "split_above_per_s = 900.0\nmerge_below_per_s = 90.0")
+    with pytest.warns(FutureWarning) as caught:
+        old = load(
+            tmp_path, "core.sharding", "split_above_msgs_s = 900.0\nmerge_below_msgs_s = 90.0"
+        )
+    assert old == new and old.core.sharding.split_above_per_s == 900.0
+    said = sorted(str(w.message) for w in caught)
+    assert said == [
+        "[core.sharding] merge_below_msgs_s is deprecated and will go: call it merge_below_per_s",
+        "[core.sharding] split_above_msgs_s is deprecated and will go: call it split_above_per_s",
+    ]
+
+
+def test_a_setting_under_its_old_and_new_name_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"^\[core.sharding\] split_above_msgs_s and split_above"):
+        load(tmp_path, "core.sharding", "split_above_msgs_s = 900.0\nsplit_above_per_s = 900.0")
+
+
+def test_skein_serve_says_an_old_key_is_deprecated_and_serves_on(tmp_path: Path) -> None:
+    """The warning reaches an operator's terminal (FutureWarning is shown by default); here the
+    gateway then stops at the missing certificate, after reading the whole configuration."""
+    (tmp_path / "gateway.toml").write_text("[core.sharding]\nsplit_above_msgs_s = 9000.0\n")
+    done = serve(tmp_path, "--config", "gateway.toml", "--port", "0", "--admin-port", "-1")
+    assert "split_above_msgs_s is deprecated and will go: call it split_above_per_s" in done.stderr
+    assert "bad configuration" not in done.stderr
+    assert done.returncode == 1 and "make certs" in done.stderr  # got past the configuration

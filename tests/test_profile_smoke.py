@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.profile import BUCKETS, Options, _write, profile_run, read_pyspy_raw
+from bench.profile import BUCKETS, Options, _parser, _write, profile_run, read_pyspy_raw
 
 # Collapsed stacks as `py-spy record --native --format raw` writes them (root first).
 RAW = """\
@@ -56,7 +56,7 @@ def test_runs_of_two_engines_share_one_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("profiler", ["py-spy", "cprofile"])
 def test_a_short_run_fills_every_bucket_row(profiler: str) -> None:
-    opts = Options(profiler=profiler, subscribers=5, rate_hz=20, warmup_s=1.0, seconds=2.0)
+    opts = Options(profiler=profiler, subscribers=5, rate_per_s=20, warmup_s=1.0, seconds=2.0)
     try:
         result = profile_run(opts)
     except RuntimeError as exc:
@@ -71,3 +71,12 @@ def test_a_short_run_fills_every_bucket_row(profiler: str) -> None:
     if profiler == "cprofile":  # it times every call, so the QUIC engine can't be missing
         quic = [r for r in result["buckets"] if r["bucket"].startswith("QUIC")]
         assert sum(r["share_pct"] for r in quic) > 0
+
+
+def test_the_old_rate_flags_still_work() -> None:
+    """Rates are spelled ``_per_s``; the commands in docs/performance.md's older records use
+    ``--rate-hz`` and ``--sample-hz``, which mean the same."""
+    new = _parser().parse_args(["--rate-per-s", "50", "--sample-per-s", "100"])
+    old = _parser().parse_args(["--rate-hz", "50", "--sample-hz", "100"])
+    assert vars(old) == vars(new)
+    assert (new.rate_per_s, new.sample_per_s) == (50.0, 100)

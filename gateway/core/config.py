@@ -5,12 +5,15 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.core.limits import LimitsConfig
 from gateway.core.sharder import ShardingConfig
 
-__all__ = ["CoreConfig", "require_int", "require_number"]
+__all__ = ["CoreConfig", "rename_old_keys", "require_int", "require_number"]
 
 _NODE_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _MAX_TICK_MS = 1000.0
@@ -39,6 +42,33 @@ def require_number(
         low = f"> {lo:g}" if above else f">= {lo:g}"
         span = low if hi is None else f"{low} and <= {hi:g}"
         raise ValueError(f"{name} must be a finite number {span}, got {value!r}")
+
+
+def rename_old_keys(cls: type[Any], table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Return a copy of ``table`` (a TOML table for the dataclass ``cls``) with each old key in
+    ``cls.RENAMED_KEYS`` (old name -> name now, if ``cls`` has them) under its name now.
+
+    So a config or scenario file written before a rename goes on working: each old key found
+    issues a :class:`FutureWarning` (shown to users by default) naming both. Raises ValueError,
+    starting with ``[where]``, when a table gives a setting under both names.
+    """
+    renamed: Mapping[str, str] = getattr(cls, "RENAMED_KEYS", {})
+    out = dict(table)
+    for old, new in renamed.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ValueError(
+                f"[{where}] {old} and {new} are the same setting ({old} is its old name): "
+                f"give only {new}"
+            )
+        warnings.warn(
+            f"[{where}] {old} is deprecated and will go: call it {new}",
+            FutureWarning,
+            stacklevel=2,
+        )
+        out[new] = out.pop(old)
+    return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

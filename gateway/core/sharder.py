@@ -11,9 +11,10 @@ never goes backwards (an earlier ``now`` than one already seen is treated as tha
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import ClassVar, Protocol, runtime_checkable
 
 __all__ = [
     "POLICIES",
@@ -41,18 +42,18 @@ class Velocity:
 
     __slots__ = ("_last", "_rate", "_tau")
 
-    def __init__(self, tau_s: float, *, rate_msgs_s: float = 0.0, now: float | None = None) -> None:
-        """Start at ``rate_msgs_s`` (default 0) as of ``now`` (default: the first observation).
+    def __init__(self, tau_s: float, *, rate_per_s: float = 0.0, now: float | None = None) -> None:
+        """Start at ``rate_per_s`` (default 0) as of ``now`` (default: the first observation).
 
-        Raises ValueError unless ``tau_s`` is positive and finite and ``rate_msgs_s`` is
+        Raises ValueError unless ``tau_s`` is positive and finite and ``rate_per_s`` is
         non-negative and finite.
         """
         if not (tau_s > 0 and math.isfinite(tau_s)):
             raise ValueError(f"velocity tau_s must be positive and finite, got {tau_s!r}")
-        if not (rate_msgs_s >= 0 and math.isfinite(rate_msgs_s)):
-            raise ValueError(f"initial rate must be non-negative and finite, got {rate_msgs_s!r}")
+        if not (rate_per_s >= 0 and math.isfinite(rate_per_s)):
+            raise ValueError(f"initial rate must be non-negative and finite, got {rate_per_s!r}")
         self._tau = tau_s
-        self._rate = rate_msgs_s
+        self._rate = rate_per_s
         self._last = now
 
     def observe(self, count: int, now: float) -> None:
@@ -81,9 +82,9 @@ class ShardingConfig:
 
     Attributes:
         policy: name of the policy in :data:`POLICIES` (``"velocity"`` or ``"fixed"``).
-        split_above_msgs_s: a shard whose smoothed rate exceeds this (msgs/s) is overloaded.
+        split_above_per_s: a shard whose smoothed rate exceeds this (msgs/s) is overloaded.
         split_after_s: how long a shard must stay overloaded, without a dip, before a split.
-        merge_below_msgs_s: the room (all shards together) is idle below this rate (msgs/s).
+        merge_below_per_s: the room (all shards together) is idle below this rate (msgs/s).
         merge_after_s: how long the room must stay idle, without a spike, before a merge.
         max_shards: a split never goes above this many shards.
         min_shards: a merge never goes below this many; also the count of a new room and the
@@ -94,10 +95,16 @@ class ShardingConfig:
             divides it (floored at ``min_shards``).
     """
 
+    # Old TOML keys and their names now: loaders still accept an old one, with a FutureWarning
+    # (gateway.server.config.rename_old_keys). Rates are spelled ``_per_s`` everywhere.
+    RENAMED_KEYS: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {"split_above_msgs_s": "split_above_per_s", "merge_below_msgs_s": "merge_below_per_s"}
+    )
+
     policy: str = "velocity"
-    split_above_msgs_s: float = 5000.0
+    split_above_per_s: float = 5000.0
     split_after_s: float = 2.0
-    merge_below_msgs_s: float = 500.0
+    merge_below_per_s: float = 500.0
     merge_after_s: float = 10.0
     max_shards: int = 16
     min_shards: int = 1
@@ -109,9 +116,9 @@ class ShardingConfig:
         if not isinstance(self.policy, str) or not self.policy:
             raise ValueError(f"sharding policy must be a non-empty name, got {self.policy!r}")
         for name in (
-            "split_above_msgs_s",
+            "split_above_per_s",
             "split_after_s",
-            "merge_below_msgs_s",
+            "merge_below_per_s",
             "merge_after_s",
             "velocity_tau_s",
             "cooldown_s",
@@ -132,11 +139,11 @@ class ShardingConfig:
             )
         if self.split_factor < 2:
             raise ValueError(f"sharding split_factor must be at least 2, got {self.split_factor}")
-        if self.merge_below_msgs_s * self.split_factor >= self.split_above_msgs_s:
+        if self.merge_below_per_s * self.split_factor >= self.split_above_per_s:
             raise ValueError(
-                f"sharding thresholds leave no hysteresis: merge_below_msgs_s * split_factor "
-                f"({self.merge_below_msgs_s} * {self.split_factor}) must be < split_above_msgs_s "
-                f"({self.split_above_msgs_s}); a merge folds split_factor shards into one, so "
+                f"sharding thresholds leave no hysteresis: merge_below_per_s * split_factor "
+                f"({self.merge_below_per_s} * {self.split_factor}) must be < split_above_per_s "
+                f"({self.split_above_per_s}); a merge folds split_factor shards into one, so "
                 f"without that margin a room merged just under the merge threshold could be "
                 f"pushed straight back over the split threshold and flap between the two"
             )
@@ -223,7 +230,7 @@ class _Tracker:
         # by sender), so assume an even spread and let the smoothing correct it within tau.
         each = self._room.rate(now) / len(shards)
         tau = self._config.velocity_tau_s
-        self._vel = {s: Velocity(tau, rate_msgs_s=each, now=now) for s in shards}
+        self._vel = {s: Velocity(tau, rate_per_s=each, now=now) for s in shards}
         self._bound = True
 
     def velocities(self, now: float) -> dict[int, float]:
@@ -275,8 +282,8 @@ class VelocityPolicy(_Tracker):
     """Splits hot rooms and merges quiet ones, with hysteresis so it never flaps.
 
     Split (count * split_factor, capped at max_shards) when any shard's smoothed rate has stayed
-    above ``split_above_msgs_s`` for ``split_after_s``. Merge (count // split_factor, floored at
-    min_shards) when the room's smoothed rate has stayed below ``merge_below_msgs_s`` for
+    above ``split_above_per_s`` for ``split_after_s``. Merge (count // split_factor, floored at
+    min_shards) when the room's smoothed rate has stayed below ``merge_below_per_s`` for
     ``merge_after_s``. Nothing is decided within ``cooldown_s`` of the last :meth:`reset`, and each
     epoch must see its own full ``split_after_s``/``merge_after_s``: a condition that already holds
     when the epoch starts is timed from the start. Conditions are checked at observe() and
@@ -340,9 +347,9 @@ class VelocityPolicy(_Tracker):
         self._count = len(shards)
         self._changed_at = now
         room = self._room.rate(now)
-        overloaded = room / len(shards) > cfg.split_above_msgs_s
+        overloaded = room / len(shards) > cfg.split_above_per_s
         self._above_since = dict.fromkeys(shards, now) if overloaded else {}
-        self._below_since = now if room < cfg.merge_below_msgs_s else None
+        self._below_since = now if room < cfg.merge_below_per_s else None
 
     def next_check(self, now: float) -> float | None:
         """See :meth:`ShardPolicy.next_check`."""
@@ -364,13 +371,13 @@ class VelocityPolicy(_Tracker):
         return max(when, now)
 
     def _track_shard(self, shard: int, rate: float, now: float) -> None:
-        if rate > self._config.split_above_msgs_s:
+        if rate > self._config.split_above_per_s:
             self._above_since.setdefault(shard, now)
         else:
             self._above_since.pop(shard, None)
 
     def _track_room(self, now: float) -> None:
-        if self._room.rate(now) >= self._config.merge_below_msgs_s:
+        if self._room.rate(now) >= self._config.merge_below_per_s:
             self._below_since = None
         elif self._below_since is None:
             self._below_since = now
@@ -378,7 +385,7 @@ class VelocityPolicy(_Tracker):
     def _quiet_from(self, now: float) -> float:
         """When the room's rate, left to decay, falls below the merge threshold."""
         room = self._room.rate(now)
-        threshold = self._config.merge_below_msgs_s
+        threshold = self._config.merge_below_per_s
         if room < threshold:
             return now
         return now + self._config.velocity_tau_s * math.log(room / threshold) + _CROSSING_MARGIN_S

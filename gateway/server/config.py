@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.core.auth import AuthConfig
-from gateway.core.config import CoreConfig, require_int, require_number
+from gateway.core.config import CoreConfig, rename_old_keys, require_int, require_number
 from gateway.core.limits import LimitsConfig
 from gateway.core.sharder import ShardingConfig
 from gateway.store.base import StoreConfig
@@ -182,6 +182,7 @@ def _build(cls: type[Any], table: object, where: str, nested: dict[str, Any] | N
     starts with ``[where] key``. ``nested`` holds the fields built from their own tables."""
     if not isinstance(table, dict):
         raise ValueError(f"[{where}] must be a table, got {_shown(where, table)}")
+    table = rename_old_keys(cls, table, where)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(table) - fields)
     if unknown:

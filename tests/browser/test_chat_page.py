@@ -35,9 +35,9 @@ TIMEOUT_S = 60.0
 FIXED_TWO = CoreConfig(sharding=ShardingConfig(policy="fixed", min_shards=2))
 # Thresholds low enough that two SDK clients publishing flat out split the room (tests/e2e).
 HOT = ShardingConfig(
-    split_above_msgs_s=20,
+    split_above_per_s=20,
     split_after_s=0.3,
-    merge_below_msgs_s=5,
+    merge_below_per_s=5,
     merge_after_s=30.0,
     cooldown_s=0.4,
     max_shards=4,

@@ -17,9 +17,9 @@ from gateway.wire.codec import decode_server_frame, encode_client_frame
 from gateway.wire.framing import FrameDecoder, delimit
 
 SHARDING = ShardingConfig(
-    split_above_msgs_s=5000,
+    split_above_per_s=5000,
     split_after_s=1.0,
-    merge_below_msgs_s=500,
+    merge_below_per_s=500,
     merge_after_s=3.0,
     cooldown_s=2.0,
     max_shards=8,

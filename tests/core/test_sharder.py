@@ -52,9 +52,9 @@ class Room:
         self.next_id = max(self.shards) + 1
         self.policy.reset(self.shards, 0.0)
 
-    def step(self, rate_msgs_s: float, now: float, dt: float) -> None:
-        """Send ``rate_msgs_s * dt`` messages spread evenly over the shards, then decide."""
-        self.credit += rate_msgs_s * dt
+    def step(self, rate_per_s: float, now: float, dt: float) -> None:
+        """Send ``rate_per_s * dt`` messages spread evenly over the shards, then decide."""
+        self.credit += rate_per_s * dt
         total = int(self.credit + 1e-9)
         self.credit -= total
         if total:
@@ -125,7 +125,7 @@ def test_velocity_converges_for_any_rate_and_tau(rate: float, tau_s: float) -> N
 
 
 def test_velocity_decays_towards_zero_when_quiet() -> None:
-    vel = Velocity(1.0, rate_msgs_s=1000.0, now=0.0)
+    vel = Velocity(1.0, rate_per_s=1000.0, now=0.0)
     assert vel.rate(0.0) == 1000.0
     assert vel.rate(1.0) == pytest.approx(1000.0 / math.e)
     assert vel.rate(5.0) < 10.0
@@ -151,7 +151,7 @@ def test_velocity_rejects_negative_counts_and_rates() -> None:
     with pytest.raises(ValueError, match="count"):
         Velocity(1.0).observe(-1, 0.0)
     with pytest.raises(ValueError, match="rate"):
-        Velocity(1.0, rate_msgs_s=-1.0)
+        Velocity(1.0, rate_per_s=-1.0)
 
 
 # ---- ShardingConfig and the registry --------------------------------------------------------------
@@ -159,16 +159,16 @@ def test_velocity_rejects_negative_counts_and_rates() -> None:
 
 def test_default_config_is_valid() -> None:
     config = ShardingConfig()
-    assert config.merge_below_msgs_s * config.split_factor < config.split_above_msgs_s
+    assert config.merge_below_per_s * config.split_factor < config.split_above_per_s
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"policy": ""}, "policy"),
-        ({"split_above_msgs_s": 0.0}, "split_above_msgs_s must be positive"),
+        ({"split_above_per_s": 0.0}, "split_above_per_s must be positive"),
         ({"split_after_s": -1.0}, "split_after_s must be positive"),
-        ({"merge_below_msgs_s": math.nan}, "merge_below_msgs_s must be positive"),
+        ({"merge_below_per_s": math.nan}, "merge_below_per_s must be positive"),
         ({"merge_after_s": math.inf}, "merge_after_s must be positive"),
         ({"velocity_tau_s": 0}, "velocity_tau_s must be positive"),
         ({"cooldown_s": -0.5}, "cooldown_s must be positive"),
@@ -177,9 +177,9 @@ def test_default_config_is_valid() -> None:
         ({"min_shards": 0}, "1 <= min_shards <= max_shards"),
         ({"min_shards": 4, "max_shards": 2}, "1 <= min_shards <= max_shards"),
         ({"split_factor": 1}, "split_factor must be at least 2"),
-        ({"merge_below_msgs_s": 2500.0}, "hysteresis"),
+        ({"merge_below_per_s": 2500.0}, "hysteresis"),
         ({"split_factor": 10}, "hysteresis"),
-        ({"split_above_msgs_s": 900.0}, "could be pushed straight back over the split threshold"),
+        ({"split_above_per_s": 900.0}, "could be pushed straight back over the split threshold"),
     ],
 )
 def test_config_rejects(kwargs: dict[str, Any], message: str) -> None:
@@ -229,7 +229,7 @@ class Surge:
         # is not above it (the smoothed rate dips under it between batches), so no third split.
         ShardingConfig(),
         # A lower threshold leaves no tie: 4 shards are over it, 8 are well under.
-        ShardingConfig(split_above_msgs_s=4000.0),
+        ShardingConfig(split_above_per_s=4000.0),
     ],
     ids=["defaults", "split-above-4000"],
 )
@@ -251,7 +251,7 @@ def test_first_split_comes_split_after_s_after_the_smoothed_rate_crosses(
     assert first.new == first.old * config.split_factor
     # The surge is a step for the smoothed rate, which climbs as SURGE - (SURGE - BASE) e^(-t/tau):
     # it only passes split_above after `ramp` seconds, and the split_after_s clock starts then.
-    ramp = config.velocity_tau_s * math.log((SURGE - BASE) / (SURGE - config.split_above_msgs_s))
+    ramp = config.velocity_tau_s * math.log((SURGE - BASE) / (SURGE - config.split_above_per_s))
     assert ramp + 2 * DT < 1.0  # so the window below sits inside [split_after_s, split_after_s + 1]
     # Two steps of slack: decisions happen on 10 ms steps, and the discrete sum runs ~dt/2 ahead.
     earliest = SURGE_START + ramp + config.split_after_s - 2 * DT
@@ -267,12 +267,12 @@ def test_surge_splits_until_every_shard_is_below_the_threshold(
     splits = [c for c in room.changes if SURGE_START <= c.at < SURGE_END]
     assert [c.new for c in splits] == [c.old * config.split_factor for c in splits]
     peak = splits[-1].new
-    assert SURGE / peak <= config.split_above_msgs_s  # no shard is over the threshold now
-    assert SURGE / (peak // config.split_factor) > config.split_above_msgs_s  # and no overshoot
+    assert SURGE / peak <= config.split_above_per_s  # no shard is over the threshold now
+    assert SURGE / (peak // config.split_factor) > config.split_above_per_s  # and no overshoot
     gap = max(config.cooldown_s, config.split_after_s)
     assert all(b.at - a.at >= gap - 1e-9 for a, b in pairwise(splits))
     assert len(surge.at_peak) == peak
-    assert all(rate < 1.01 * config.split_above_msgs_s for rate in surge.at_peak.values())
+    assert all(rate < 1.01 * config.split_above_per_s for rate in surge.at_peak.values())
     assert sum(surge.at_peak.values()) == pytest.approx(SURGE, rel=0.01)
 
 
@@ -283,7 +283,7 @@ def test_after_the_surge_merges_back_to_one_shard(surge: Surge) -> None:
     assert all(c.new == c.old // config.split_factor for c in merges)
     # The room's smoothed rate falls from SURGE to BASE; the quiet clock starts when it passes
     # merge_below, and every epoch then waits its own merge_after_s.
-    decay = config.velocity_tau_s * math.log((SURGE - BASE) / (config.merge_below_msgs_s - BASE))
+    decay = config.velocity_tau_s * math.log((SURGE - BASE) / (config.merge_below_per_s - BASE))
     assert merges[0].at >= SURGE_END + config.merge_after_s
     assert merges[0].at == pytest.approx(SURGE_END + decay + config.merge_after_s, abs=2 * DT)
     assert all(b.at - a.at >= config.merge_after_s - 1e-9 for a, b in pairwise(merges))
@@ -319,7 +319,7 @@ def test_a_quiet_room_merges_on_next_check_alone() -> None:
     assert len(room.shards) == 1
     merges = [c for c in room.changes if c.new < c.old]
     assert [c.new for c in merges] == [2, 1]
-    quiet_from = 20.0 + config.velocity_tau_s * math.log(rate / config.merge_below_msgs_s)
+    quiet_from = 20.0 + config.velocity_tau_s * math.log(rate / config.merge_below_per_s)
     assert merges[0].at == pytest.approx(quiet_from + config.merge_after_s, abs=1e-3)
     assert policy.next_check(now + 100.0) is None
 
@@ -336,8 +336,8 @@ def configs(draw: st.DrawFn) -> ShardingConfig:
         split_factor=factor,
         min_shards=min_shards,
         max_shards=draw(st.integers(min_shards, 16)),
-        split_above_msgs_s=split_above,
-        merge_below_msgs_s=draw(st.floats(10.0, 0.99 * split_above / factor)),
+        split_above_per_s=split_above,
+        merge_below_per_s=draw(st.floats(10.0, 0.99 * split_above / factor)),
         split_after_s=draw(st.floats(0.1, 3.0)),
         merge_after_s=draw(st.floats(0.1, 10.0)),
         cooldown_s=draw(st.floats(0.1, 6.0)),

@@ -18,9 +18,9 @@ PER_CLIENT = 150
 TIMEOUT_S = 60.0
 
 HOT = ShardingConfig(
-    split_above_msgs_s=40,
+    split_above_per_s=40,
     split_after_s=0.3,
-    merge_below_msgs_s=5,
+    merge_below_per_s=5,
     merge_after_s=30.0,
     cooldown_s=0.4,
     max_shards=4,

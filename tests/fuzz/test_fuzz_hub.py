@@ -56,9 +56,9 @@ CONFIG = CoreConfig(
     max_backlog_bytes=65536,
     # Low thresholds so that bursts of publishes split and merge lobby while it is fuzzed.
     sharding=ShardingConfig(
-        split_above_msgs_s=40.0,
+        split_above_per_s=40.0,
         split_after_s=0.05,
-        merge_below_msgs_s=10.0,
+        merge_below_per_s=10.0,
         merge_after_s=0.2,
         max_shards=4,
         velocity_tau_s=0.05,

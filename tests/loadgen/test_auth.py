@@ -34,7 +34,7 @@ SCENARIO = {
     "drain_s": 15.0,
     "seed": 4,
     "rooms": {"count": 2, "prefix": "auth", "per_client": 2},
-    "publish": {"rate_per_client_hz": 4.0, "priorities": {"normal": 1, "high": 1}},
+    "publish": {"rate_per_client_per_s": 4.0, "priorities": {"normal": 1, "high": 1}},
 }
 
 

@@ -33,7 +33,7 @@ SCENARIO = {
     "seed": 11,
     "rooms": {"count": 3, "prefix": "ci", "zipf_s": 1.0, "per_client": 2},
     "publish": {
-        "rate_per_client_hz": 2.0,
+        "rate_per_client_per_s": 2.0,
         "size_bytes_min": 40,
         "size_bytes_max": 800,
         "priorities": {"chatter": 1, "normal": 1, "high": 1},

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from loadgen.scenario import (
+    _TABLES,
     HandoffConfig,
     PathsConfig,
     Scenario,
@@ -101,3 +104,39 @@ def test_relay_is_used_only_when_needed() -> None:
 def test_unknown_scenario_names_list_the_shipped_ones() -> None:
     with pytest.raises(ValueError, match="demo"):
         load_scenario("no-such-scenario")
+
+
+def test_every_rate_key_is_spelled_per_s() -> None:
+    """Rates are ``_per_s`` in every scenario table (not ``_hz``, not ``_msgs_s``)."""
+    tables = [Scenario, *(t for t in _TABLES.values())]
+    spelled_otherwise = [
+        f"{cls.__name__}.{f.name}"
+        for cls in tables
+        for f in dataclasses.fields(cls)
+        if f.name.endswith(("_hz", "_msgs_s", "_msg_s", "_per_sec"))
+    ]
+    assert spelled_otherwise == []
+
+
+def test_an_old_scenario_file_still_loads_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "old.toml"
+    path.write_text("clients = 3\n[publish]\nrate_per_client_hz = 4.0\n")
+    with pytest.warns(
+        FutureWarning, match="rate_per_client_hz is deprecated .* rate_per_client_per_s"
+    ):
+        scenario = load_scenario(str(path))
+    assert scenario.publish.rate_per_client_per_s == 4.0
+    # On the command line either name overrides the file's, whichever name the file uses.
+    old_file = str(path)
+    assert load_scenario(old_file, settings=["publish.rate_per_client_per_s=2.0"]) == replace(
+        scenario, publish=replace(scenario.publish, rate_per_client_per_s=2.0)
+    )
+    with pytest.warns(FutureWarning):
+        assert load_scenario("demo", settings=["publish.rate_per_client_hz=2.5"]) == load_scenario(
+            "demo", settings=["publish.rate_per_client_per_s=2.5"]
+        )
+
+
+def test_a_rate_under_both_names_is_refused() -> None:
+    with pytest.raises(ValueError, match="give only rate_per_client_per_s"):
+        parse_scenario({"publish": {"rate_per_client_hz": 1.0, "rate_per_client_per_s": 1.0}})

@@ -60,7 +60,7 @@ def test_each_client_gets_distinct_rooms_even_with_a_steep_zipf() -> None:
 
 def test_a_client_behaves_the_same_in_any_worker() -> None:
     """Schedules depend only on (seed, client index, stream): not on order or process."""
-    publish = PublishConfig(rate_per_client_hz=3.0, priorities=(("normal", 1), ("high", 1)))
+    publish = PublishConfig(rate_per_client_per_s=3.0, priorities=(("normal", 1), ("high", 1)))
     first = list(publish_schedule(client_rng(5, 42, "publish"), (0, 3), publish, 20.0))
     client_rng(5, 41, "publish").random()  # another client drawing in between changes nothing
     again = list(publish_schedule(client_rng(5, 42, "publish"), (0, 3), publish, 20.0))
@@ -71,7 +71,7 @@ def test_a_client_behaves_the_same_in_any_worker() -> None:
 
 def test_publish_schedule_rate_sizes_priorities() -> None:
     publish = PublishConfig(
-        rate_per_client_hz=2.0,
+        rate_per_client_per_s=2.0,
         size_bytes_min=50,
         size_bytes_max=5000,
         priorities=(("chatter", 0.0), ("normal", 1.0), ("high", 1.0)),
@@ -92,7 +92,7 @@ def test_publish_schedule_rate_sizes_priorities() -> None:
 
 
 def test_publish_schedule_is_in_time_order_within_the_run() -> None:
-    publish = PublishConfig(rate_per_client_hz=10.0)
+    publish = PublishConfig(rate_per_client_per_s=10.0)
     events = list(publish_schedule(client_rng(1, 0, "publish"), (0, 1, 2, 3), publish, 10.0))
     times = [e.at_s for e in events]
     assert times == sorted(times)
@@ -109,7 +109,7 @@ def test_burst_multiplies_the_rate_of_its_room_only() -> None:
     everywhere = Burst(at_s=0.0, duration_s=1.0, multiplier=3.0)
     assert rate_multiplier([burst, everywhere], 7, 0.5) == 3.0
 
-    publish = PublishConfig(rate_per_client_hz=2.0, bursts=(burst,))
+    publish = PublishConfig(rate_per_client_per_s=2.0, bursts=(burst,))
     events = [
         e
         for i in range(200)

@@ -33,7 +33,7 @@ SCENARIO = {
     "seed": 2,
     "rooms": {"count": 1, "prefix": "slow", "per_client": 1},
     "publish": {
-        "rate_per_client_hz": 5.0,
+        "rate_per_client_per_s": 5.0,
         "size_bytes_min": 200,
         "size_bytes_max": 400,
         "priorities": {"chatter": 1, "high": 1},
