@@ -91,18 +91,20 @@ def _cdfs(ax: Any, runs: Sequence[RunResult]) -> None:
 
 
 def _by_kind(ax: Any, runs: Sequence[RunResult]) -> None:
-    """p99 bars (p50 as a dot) steady and per handoff kind, one bar per run; a dashed line at
-    each applicable migration target's limit (steady p99 + one path RTT)."""
+    """p99 bars (p50 as a dot) steady, per handoff kind and for two kinds at once, one bar per
+    run; a dashed line at each applicable migration target's limit (steady p99 + one path RTT)."""
     kinds = [
         k
         for k in HANDOFF_KINDS
         if any(k in r.summary["latency_ms"]["handoff_by_kind"] for r in runs)
     ]
-    groups = ["steady", *kinds]
+    mixed = any(r.summary["latency_ms"]["handoff_mixed"]["count"] for r in runs)
+    groups = ["steady", *kinds, *(["two kinds"] if mixed else [])]
     width = 0.8 / max(1, len(runs))
     for i, (colour, run) in enumerate(zip(_RUN_COLOURS, runs, strict=False)):
         latency = run.summary["latency_ms"]
         stats = [latency["steady"], *(latency["handoff_by_kind"].get(k) for k in kinds)]
+        stats += [latency["handoff_mixed"]] if mixed else []
         xs = [g + (i - (len(runs) - 1) / 2) * width for g in range(len(groups))]
         p99 = [max(s["p99_ms"], 0.01) if s and s["count"] else 0.0 for s in stats]
         p50 = [max(s["p50_ms"], 0.01) if s and s["count"] else float("nan") for s in stats]

@@ -45,6 +45,8 @@ def _latency_table(run: Mapping[str, Any], scenario_name: str) -> Table:
     rows = [("steady", latency["steady"]), (f"<= {window:g} s after a handoff", latency["handoff"])]
     # Older results files have no per-kind split.
     rows += [(f"  of which {kind}", s) for kind, s in latency.get("handoff_by_kind", {}).items()]
+    if latency.get("handoff_mixed", {}).get("count"):
+        rows.append(("  of which two kinds at once", latency["handoff_mixed"]))
     rows.append(("all", latency["all"]))
     for title, s in rows:
         table.add_row(
@@ -249,10 +251,14 @@ def _run_headline(run: Mapping[str, Any]) -> str:
     latency = run["latency_ms"]
     if not latency["handoff"]["count"]:
         return f"{run['label']} n/a (no samples)"
-    kinds = ", ".join(
+    parts = [
         f"{kind} {_ms(s['p99_ms'])}" if s["count"] else f"{kind} n/a"
         for kind, s in latency.get("handoff_by_kind", {}).items()
-    )
+    ]
+    mixed = latency.get("handoff_mixed", {})
+    if mixed.get("count"):
+        parts.append(f"mixed {_ms(mixed['p99_ms'])}")
+    kinds = ", ".join(parts)
     return f"{run['label']} {_ms(latency['handoff']['p99_ms'])} ms" + (
         f" ({kinds})" if kinds else ""
     )

@@ -18,7 +18,7 @@ from typing import Any
 from loadgen.sampler import Sample
 from loadgen.scenario import HANDOFF_KINDS, PRIORITIES, Scenario
 from loadgen.schedule import HANDOFF_MODES, plan_handoff
-from loadgen.stats import Merged, Summary, encode, timeline_bucket_s
+from loadgen.stats import MIXED, Merged, Summary, encode, timeline_bucket_s
 
 __all__ = [
     "MIGRATION_RULE",
@@ -237,6 +237,7 @@ def build_summary(
             kind: merged.summary(f"latency_handoff:{kind}").as_dict()
             for kind in handoff_kinds(scenario, merged)
         },
+        "handoff_mixed": merged.summary(f"latency_handoff:{MIXED}").as_dict(),
     }
     target = migration_target(
         mode=mode,

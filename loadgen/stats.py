@@ -8,10 +8,12 @@ not averages of per-worker percentiles.
 
 A latency sample is *handoff* when it falls within ``window_s`` after the receiving client's
 latest handoff began (:func:`in_handoff_window`), or when its publisher sent it within its own
-window; every other sample is *steady*. A handoff sample is also recorded under its handoff's
-kind (``latency_handoff:<kind>``): the receiver's own handoff if it is in its window, else the
-publisher's, so the per-kind counts add up to the handoff count. A worker's :class:`Recorder` takes samples with the time
-passed in; :meth:`Recorder.snapshot` gives a picklable :class:`Snapshot`; :func:`merge` combines
+window; every other sample is *steady*. A handoff sample is also recorded under the kind of
+handoff it was within (``latency_handoff:<kind>``): the receiver's or the publisher's, whichever
+was in a window, or both's when they are of one kind; when they are in windows of two different
+kinds it goes under :data:`MIXED` instead (a publisher's blackout must not be charged to its
+receiver's migration). The per-kind and mixed counts add up to the handoff count.
+A worker's :class:`Recorder` takes samples with the time passed in; :meth:`Recorder.snapshot` gives a picklable :class:`Snapshot`; :func:`merge` combines
 any number of them into a :class:`Merged`.
 """
 
@@ -31,6 +33,7 @@ __all__ = [
     "LOWEST_US",
     "MAX_MARKS",
     "MAX_TIMELINE_BUCKETS",
+    "MIXED",
     "SIGNIFICANT_FIGURES",
     "Merged",
     "Recorder",
@@ -55,6 +58,8 @@ MAX_MARKS = 2_000  # handoff marks kept per worker for the plot; later ones are 
 MAX_NOTES = 10  # failure descriptions kept per worker
 
 LATENCY_NAMES = ("steady", "handoff")
+MIXED = "mixed"
+"""The kind of a handoff sample whose receiver and publisher were in windows of different kinds."""
 _FIXED = ("latency_steady", "latency_handoff", "gap", "interarrival", "publish_lag")
 
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 from gateway.wire.frames import Message
 from loadgen.payload import FLAG_HANDOFF, decode_body, handoff_kind
-from loadgen.stats import Recorder, in_handoff_window
+from loadgen.stats import MIXED, Recorder, in_handoff_window
 
 __all__ = ["MAX_OUT_OF_ORDER", "ClientTracker", "RoomTracker", "SeenSet"]
 
@@ -186,9 +186,9 @@ class ClientTracker:
             ] += 1
             return
         counters["delivered"] += 1
-        # The receiver's own handoff first (what it went through), else the publisher's.
-        kind = self.window_kind(now_ns) or handoff_kind(payload.flags)
-        handoff = kind is not None or bool(payload.flags & FLAG_HANDOFF)
+        own, theirs = self.window_kind(now_ns), handoff_kind(payload.flags)
+        handoff = own is not None or bool(payload.flags & FLAG_HANDOFF)
+        kind = own if theirs is None or theirs == own else theirs if own is None else MIXED
         self._recorder.latency(now_ns - payload.intended_ns, now_ns, handoff=handoff, kind=kind)
         if self._gap_since is not None:
             self._recorder.gap(now_ns - self._gap_since, self._gap_kind)

@@ -18,7 +18,7 @@ from loadgen.results import (
     path_rtt_ms,
 )
 from loadgen.scenario import Scenario, parse_scenario
-from loadgen.stats import Recorder, merge
+from loadgen.stats import MIXED, Recorder, merge
 
 MS = 1_000_000
 
@@ -38,13 +38,15 @@ def _scenario(**paths: Any) -> Scenario:
 
 def _run(scenario: Scenario, mode: str, migrate_ms: int) -> dict[str, Any]:
     """100 steady samples of 1..100 ms, 100 migrate-window samples of ``migrate_ms``, 50
-    blackout-window samples of 400 ms."""
+    blackout-window samples of 400 ms, 5 of 900 ms within windows of two kinds at once."""
     recorder = Recorder(origin_ns=0, bucket_s=1.0)
     for i in range(100):
         recorder.latency((i + 1) * MS, i * MS, handoff=False)
         recorder.latency(migrate_ms * MS, i * MS, handoff=True, kind="migrate")
     for i in range(50):
         recorder.latency(400 * MS, i * MS, handoff=True, kind="blackout")
+    for i in range(5):
+        recorder.latency(900 * MS, i * MS, handoff=True, kind=MIXED)
     return build_summary(
         label=mode,
         mode=mode,
@@ -71,7 +73,8 @@ def test_latency_is_reported_per_kind_the_scenario_has() -> None:
     assert by_kind["migrate"]["count"] == 100 and by_kind["blackout"]["count"] == 50
     assert by_kind["migrate"]["p99_ms"] == pytest.approx(120, rel=0.01)
     assert by_kind["blackout"]["p999_ms"] == pytest.approx(400, rel=0.01)
-    assert run["latency_ms"]["handoff"]["count"] == 150
+    assert run["latency_ms"]["handoff_mixed"]["count"] == 5  # kept apart, not charged to a kind
+    assert run["latency_ms"]["handoff"]["count"] == 155
 
 
 @pytest.mark.parametrize(("migrate_ms", "passed"), [(140, True), (160, False)])
@@ -100,8 +103,12 @@ def test_the_report_and_its_summary_line_give_each_kind_and_the_verdict() -> Non
         120, rel=0.01
     )
     line = headline(doc)  # HDR histograms keep 3 significant figures: 120 ms may read 120.1
-    assert re.search(r"migrate 400\.\d ms \(migrate 120\.\d, blackout 400\.\d\) vs", line)
-    assert re.search(r"vs reconnect 400\.\d ms \(migrate 300\.\d, blackout 400\.\d\)", line)
+    assert re.search(
+        r"migrate 900\.\d ms \(migrate 120\.\d, blackout 400\.\d, mixed 900\.\d\) vs", line
+    )
+    assert re.search(
+        r"vs reconnect 900\.\d ms \(migrate 300\.\d, blackout 400\.\d, mixed 900\.\d\)", line
+    )
     assert re.search(
         r"migration p99 \(migrate\) 120\.\d <= 99\.0 \+ 50\.0 \(lte RTT\) = 149\.0 ms: PASS", line
     )
@@ -110,4 +117,4 @@ def test_the_report_and_its_summary_line_give_each_kind_and_the_verdict() -> Non
     render(console, doc)
     text = console.export_text()
     assert "of which migrate" in text and "of which blackout" in text
-    assert "after blackout: p50 / p99 / p99.9" in text
+    assert "after blackout: p50 / p99 / p99.9" in text and "two kinds at once" in text

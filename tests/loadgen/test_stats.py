@@ -22,6 +22,7 @@ from loadgen.payload import (
 from loadgen.scenario import HANDOFF_KINDS
 from loadgen.stats import (
     HIGHEST_US,
+    MIXED,
     Recorder,
     Summary,
     decode,
@@ -221,7 +222,7 @@ def test_handoff_flags_carry_the_kind() -> None:
         handoff_flags("teleport")
 
 
-def test_handoff_samples_are_kept_per_kind_receiver_first() -> None:
+def test_handoff_samples_are_kept_per_kind_and_two_kinds_at_once_apart() -> None:
     recorder = Recorder(origin_ns=0, bucket_s=1.0)
     client = ClientTracker(recorder, window_s=1.0)
     client.joined("r", {})
@@ -229,21 +230,26 @@ def test_handoff_samples_are_kept_per_kind_receiver_first() -> None:
     client.handoff(1000 * MS, "migrate")
     assert client.window_kind(1500 * MS) == "migrate" and client.window_kind(2500 * MS) is None
     client.delivered("r", _message(1, 2, 7, 2, 1000 * MS), 1040 * MS)  # receiver migrating: 40
-    # The receiver's own handoff wins over the publisher's (what it went through).
+    # Both in a migrate window: migrate.
+    migrating = handoff_flags("migrate")
+    client.delivered("r", _message(1, 3, 9, 1, 1100 * MS, flags=migrating), 1150 * MS)  # 50
+    # The receiver migrating, its publisher in a blackout: neither kind alone explains it.
     flags = handoff_flags("blackout")
-    client.delivered("r", _message(1, 3, 8, 1, 1100 * MS, flags=flags), 1400 * MS)  # 300
+    client.delivered("r", _message(1, 4, 8, 1, 1100 * MS, flags=flags), 1400 * MS)  # 300
     # Receiver steady again, publisher within a blackout window: the publisher's kind.
-    client.delivered("r", _message(1, 4, 8, 2, 2500 * MS, flags=flags), 2800 * MS)  # 300
+    client.delivered("r", _message(1, 5, 8, 2, 2500 * MS, flags=flags), 2800 * MS)  # 300
     # Publisher in a window of a kind it did not say: handoff, under no kind.
-    client.delivered("r", _message(1, 5, 8, 3, 3000 * MS, flags=FLAG_HANDOFF), 3010 * MS)
+    client.delivered("r", _message(1, 6, 8, 3, 3000 * MS, flags=FLAG_HANDOFF), 3010 * MS)
     client.handoff(4000 * MS, "reconnect")
-    client.delivered("r", _message(1, 6, 7, 3, 4000 * MS), 4100 * MS)  # 100
+    client.delivered("r", _message(1, 7, 7, 3, 4000 * MS), 4100 * MS)  # 100
     merged = merge([recorder.snapshot()])
     assert merged.summary("latency_steady").count == 1
-    assert merged.summary("latency_handoff").count == 5
+    assert merged.summary("latency_handoff").count == 6
     migrate = merged.summary("latency_handoff:migrate")
-    assert migrate.count == 2 and migrate.max_ms == pytest.approx(300, rel=0.01)
+    assert migrate.count == 2 and migrate.max_ms == pytest.approx(50, rel=0.01)
     assert migrate.p50_ms == pytest.approx(40, rel=0.01)
+    mixed = merged.summary(f"latency_handoff:{MIXED}")
+    assert mixed.count == 1 and mixed.max_ms == pytest.approx(300, rel=0.01)
     blackout = merged.summary("latency_handoff:blackout")
     assert blackout.count == 1 and blackout.max_ms == pytest.approx(300, rel=0.01)
     assert merged.summary("latency_handoff:reconnect").count == 1
@@ -262,7 +268,7 @@ def test_handoff_samples_are_kept_per_kind_receiver_first() -> None:
         max_size=60,
     )
 )
-def test_per_kind_counts_add_up_to_the_handoff_count(
+def test_per_kind_and_mixed_counts_add_up_to_the_handoff_count(
     events: list[tuple[int, int, str | None, str | None]],
 ) -> None:
     recorder = Recorder(origin_ns=0, bucket_s=1.0)
@@ -277,6 +283,6 @@ def test_per_kind_counts_add_up_to_the_handoff_count(
         message = _message(1, n, 1, n, sent, flags=handoff_flags(publisher_kind))
         client.delivered("r", message, at_ms * MS)
     merged = merge([recorder.snapshot()])
-    per_kind = sum(merged.summary(f"latency_handoff:{k}").count for k in HANDOFF_KINDS)
+    per_kind = sum(merged.summary(f"latency_handoff:{k}").count for k in (*HANDOFF_KINDS, MIXED))
     assert per_kind == merged.summary("latency_handoff").count
     assert per_kind + merged.summary("latency_steady").count == len(events)
