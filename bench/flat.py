@@ -143,6 +143,7 @@ def _window_summary(intervals: Sequence[Interval], indexes: range) -> dict[str, 
     return {
         "intervals": [indexes.start, indexes.stop - 1],
         "from_s": chosen[0].start_s if chosen else None,
+        "to_s": round(chosen[-1].start_s + chosen[-1].window_s, 3) if chosen else None,
         **summary.as_dict(),
     }
 
@@ -263,9 +264,8 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     for name, colour in (("second", "tab:green"), ("last", "tab:red")):
         window = verdict[name]
         if window["from_s"] is not None:
-            start = window["from_s"]
-            top.axvspan(start, start + config["compare_s"], color=colour, alpha=0.08)
-            top.hlines(window["p99_ms"], start, start + config["compare_s"], colors=colour)
+            top.axvspan(window["from_s"], window["to_s"], color=colour, alpha=0.08)
+            top.hlines(window["p99_ms"], window["from_s"], window["to_s"], colors=colour)
     limit = verdict["second"]["p99_ms"] * config["ratio_limit"]
     top.axhline(limit, color="grey", linestyle="--", linewidth=0.8, label="limit")
     top.set_ylabel("latency (ms)")
@@ -280,11 +280,20 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
         fontsize=10,
     )
     bottom.plot(t, [r["gateway_cpu_percent"] for r in rows], label="gateway CPU (% of a core)")
-    bottom.plot(t, [r["load_avg_1m"] * 100 for r in rows], ":", label="load average x 100")
+    bottom.plot(
+        t, [r["gateway_wait_percent"] for r in rows], label="gateway waiting for a core (%)"
+    )
     bottom.plot(t, [r["achieved"] * 100 for r in rows], "--", label="delivered / offered (%)")
-    bottom.set_xlabel("seconds into the measured run")
+    bottom.set_ylabel("%")
+    bottom.set_ylim(bottom=0)
+    bottom.set_xlabel("seconds into the measured run (intervals back to back, read in between)")
     bottom.grid(True, alpha=0.3)
-    bottom.legend(fontsize=8)
+    bottom.legend(fontsize=8, loc="lower left")
+    load = bottom.twinx()
+    load.plot(t, [r["load_avg_1m"] for r in rows], ":", color="black", label="load average (1 min)")
+    load.set_ylabel("load average")
+    load.set_ylim(bottom=0)
+    load.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -303,6 +312,7 @@ def _table(doc: dict[str, Any]) -> Table:
         "max",
         "delivered",
         "gw CPU",
+        "gw wait",
         "drops",
         "load",
     ):
@@ -314,6 +324,7 @@ def _table(doc: dict[str, Any]) -> Table:
             *(f"{r[k]:,.1f}" for k in ("p50_ms", "p99_ms", "p999_ms", "max_ms")),
             f"{r['achieved']:.0%}",
             f"{r['gateway_cpu_percent']:.0f}%",
+            f"{r['gateway_wait_percent']:.0f}%",
             f"{r['gateway_udp_drops']:,}",
             f"{r['load_avg_1m']:.1f}",
         )
@@ -322,12 +333,17 @@ def _table(doc: dict[str, Any]) -> Table:
 
 def verdict_line(doc: dict[str, Any]) -> str:
     """The run in one line: both windows' p99, their ratio, flat or not, the load."""
-    v, load = doc["flatness"], doc["load_avg"]
+    v, load, rows = doc["flatness"], doc["load_avg"], doc["intervals"]
     ratio = "n/a" if v["ratio"] is None else f"{v['ratio']:.2f}x"
+
+    def mean(name: str) -> float:
+        return float(sum(r[name] for r in rows)) / max(1, len(rows))
+
     return (
         f"{doc['config']['engine']}: p99 second window {v['second']['p99_ms']:,.1f} ms, last "
         f"{v['last']['p99_ms']:,.1f} ms: {ratio} (limit {v['ratio_limit']:g}x): "
-        f"{'FLAT' if v['flat'] else 'NOT FLAT'}; gateway UDP drops "
+        f"{'FLAT' if v['flat'] else 'NOT FLAT'}; gateway CPU {mean('gateway_cpu_percent'):.0f}% "
+        f"of a core (+{mean('gateway_wait_percent'):.0f}% waiting for one), UDP drops "
         f"{doc['totals']['gateway_udp_drops']:,}, shed {doc['totals']['shed']:,}; load average "
         f"{load['before'][0]:.1f} before, {load['after'][0]:.1f} after"
     )

@@ -128,13 +128,17 @@ def test_a_short_run_writes_every_interval_and_the_plot(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert doc["schema"] == "skein.bench.flat/1" and doc["config"]["engine"]
     assert [i["index"] for i in doc["intervals"]] == [0, 1, 2, 3]
+    # A starved machine may stall a whole interval: counts are asserted over the run, and each
+    # interval only for what it must hold.
+    assert sum(i["count"] for i in doc["intervals"]) == doc["totals"]["count"] > 0
     for interval in doc["intervals"]:
-        assert interval["count"] > 0 and interval["p99_ms"] >= interval["p50_ms"] > 0
         assert interval["histogram"] and interval["gateway_rss_mb"] > 0
+        assert interval["count"] == 0 or interval["p99_ms"] >= interval["p50_ms"] > 0
     verdict = doc["flatness"]
     assert verdict["second"]["intervals"] == [1, 1] and verdict["last"]["intervals"] == [3, 3]
     assert verdict["second"]["count"] == doc["intervals"][1]["count"]
-    assert isinstance(verdict["flat"], bool) and verdict["ratio"] > 0
-    assert doc["publisher"]["sent"] > 0 and doc["totals"]["count"] > 0
+    assert verdict["last"]["count"] == doc["intervals"][3]["count"]
+    assert isinstance(verdict["flat"], bool) and (verdict["ratio"] is None or verdict["ratio"] > 0)
+    assert doc["publisher"]["sent"] > 0
     assert doc["load_avg"]["before"] and doc["machine"]["cores"]
     assert out.with_suffix(".png").stat().st_size > 10_000
