@@ -7,7 +7,7 @@ PROTO  := schemas/skein/v1/frames.proto
 HOST   ?= 127.0.0.1
 PORT   ?= 4433
 
-.PHONY: help install certs proto lint test test-under-load test-browser chromium fuzz run demo bench profile soak clean
+.PHONY: help install certs proto lint test test-under-load test-browser chromium fuzz run demo bench bench-flat profile soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ fuzz: $(STAMP)  ## fuzz the decoder and the hub: 100,000 cases per test (about a
 
 bench: $(STAMP) certs  ## run the benchmark suite; prints a table, writes bench/results.json
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+bench-flat: $(STAMP) certs  ## latency flat over 5 minutes? 200 x 100 msgs/s, p50/p99 per 10 s (FLAT_ARGS="--engine qh3")
+	$(BIN)/python -m bench.flat $(FLAT_ARGS)
 
 profile: $(STAMP) certs  ## where the gateway's CPU goes per delivered message (py-spy; PROFILE_ARGS="--engine qh3")
 	$(BIN)/python -m bench.profile $(PROFILE_ARGS)

@@ -32,7 +32,7 @@ import psutil
 
 from bench.common import median
 from bench.gateway import RunningGateway, bench_config, gateway_process
-from loadgen.stats import Summary, merge_encoded
+from loadgen.stats import Summary, encode, merge_encoded
 
 __all__ = [
     "FULL",
@@ -41,11 +41,14 @@ __all__ = [
     "Fleet",
     "Measurement",
     "Server",
+    "Tallies",
     "Timing",
+    "Window",
     "fleet",
     "gateway_config",
     "in_hot_room",
     "measure",
+    "measure_window",
     "medians",
     "repeat",
     "summary_note",
@@ -173,6 +176,7 @@ class Tallies:
     latency: Summary
     messages_per_s: float  # each process's count over its own window, summed
     udp_drops: int  # datagrams the subscribers' sockets dropped
+    histogram: str = ""  # the merged latency histogram, HDR-encoded (to merge windows exactly)
 
 
 class Fleet:
@@ -231,6 +235,7 @@ class Fleet:
             Summary.of(latency),
             sum(r["messages"] / max(1e-9, r["elapsed_s"]) for r in replies),
             total("udp_drops"),
+            encode(latency),
         )
 
     async def publish(self, rate_per_s: float) -> None:
@@ -335,7 +340,7 @@ class Measurement:
 
 
 @dataclass(frozen=True, slots=True)
-class _Window:
+class Window:
     """What was read at the start and the end of a measurement window."""
 
     elapsed_s: float
@@ -353,7 +358,9 @@ class _Window:
         return int(after.get(name, 0.0) - before.get(name, 0.0))
 
 
-async def _window(gw: Server, swarm: Fleet, window_s: float) -> _Window:
+async def measure_window(gw: Server, swarm: Fleet, window_s: float) -> Window:
+    """Read the server and the fleet, wait ``window_s``, read them again: what happened in
+    between (the fleet's tallies are reset at the start). The load must already be running."""
     metrics0 = await asyncio.to_thread(gw.metrics)
     await swarm.reset()
     cpu0, clients0, t0 = gw.cpu_seconds(), swarm.cpu_by_process(), time.monotonic()
@@ -363,7 +370,7 @@ async def _window(gw: Server, swarm: Fleet, window_s: float) -> _Window:
     cpu1, clients1, t1 = gw.cpu_seconds(), swarm.cpu_by_process(), time.monotonic()
     drops1, wait1 = gw.udp_drops(), gw.cpu_wait_seconds()
     metrics1 = await asyncio.to_thread(gw.metrics)
-    return _Window(
+    return Window(
         t1 - t0,
         tallies,
         cpu1 - cpu0,
@@ -386,7 +393,7 @@ async def measure(
     try:
         await swarm.first_delivery()
         await asyncio.sleep(warmup_s)
-        window = await _window(gw, swarm, window_s)
+        window = await measure_window(gw, swarm, window_s)
     finally:
         published = await swarm.stop_publishing()
     await swarm.quiesce()
@@ -458,15 +465,18 @@ def in_hot_room(
     core: str = "",
     rooms: int = 1,
     processes: int | None = None,
+    sampled_per_process: int = SAMPLED_PER_PROCESS,
 ) -> T:
     """Start a gateway with the QUIC ``engine`` and ``subscribers`` light subscribers in its hot
     room, or spread over ``rooms`` rooms (over ``processes`` client processes; by default 2, 4
-    from 250 subscribers), run ``work(gateway, fleet)``, stop everything and return what
-    ``work`` returned."""
+    from 250 subscribers; about ``sampled_per_process`` of each recording latency), run
+    ``work(gateway, fleet)``, stop everything and return what ``work`` returned."""
     processes = processes or (2 if subscribers < 250 else 4)
 
     async def run(gw: RunningGateway) -> T:
-        async with fleet(subscribers, processes, rooms=rooms) as swarm:
+        async with fleet(
+            subscribers, processes, rooms=rooms, sampled_per_process=sampled_per_process
+        ) as swarm:
             await swarm.open(gw)
             return await work(gw, swarm)
 

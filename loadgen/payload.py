@@ -7,7 +7,11 @@ safe from coordinated omission. Times are ``time.monotonic_ns()``, one clock for
 the machine (CLOCK_MONOTONIC on Linux), so publishers and receivers in different workers compare.
 
 Layout: a 22-byte header (``!4sBqIIB``: magic ``SKLG``, version 1, intended ns, publisher index,
-per-(publisher, room) number, flags) then padding to the scenario's size. The padding is word-like
+per-(publisher, room) number, flags) then padding to the scenario's size. Flags: bit 0
+(:data:`FLAG_HANDOFF`) says the publisher was within its handoff window when it sent the message,
+bits 1-3 which kind of handoff that was (1 + its index in
+:data:`loadgen.scenario.HANDOFF_KINDS`; 0 = not said), so a receiver can put the sample under the
+publisher's kind (:func:`handoff_flags`, :func:`handoff_kind`). The padding is word-like
 text so lz4 finds what it would in real chat, neither all zeros nor random bytes.
 """
 
@@ -17,13 +21,44 @@ import random
 import struct
 from dataclasses import dataclass
 
-__all__ = ["FLAG_HANDOFF", "HEADER_BYTES", "Payload", "decode_body", "encode_body"]
+from loadgen.scenario import HANDOFF_KINDS
+
+__all__ = [
+    "FLAG_HANDOFF",
+    "HEADER_BYTES",
+    "Payload",
+    "decode_body",
+    "encode_body",
+    "handoff_flags",
+    "handoff_kind",
+]
 
 _HEADER = struct.Struct("!4sBqIIB")
 _MAGIC = b"SKLG"
 _VERSION = 1
 HEADER_BYTES = _HEADER.size
 FLAG_HANDOFF = 0x01  # the publisher was within its handoff window when it sent this
+_KIND_SHIFT = 1
+_KIND_MASK = 0b111 << _KIND_SHIFT  # which handoff kind: 1 + its index in HANDOFF_KINDS, 0 = unsaid
+
+
+def handoff_flags(kind: str | None) -> int:
+    """The flags of a message sent within a handoff window of ``kind`` (None: not in one, 0).
+    Raises ``ValueError`` for a kind not in :data:`~loadgen.scenario.HANDOFF_KINDS`."""
+    if kind is None:
+        return 0
+    if kind not in HANDOFF_KINDS:
+        raise ValueError(f"unknown handoff kind {kind!r}")
+    return FLAG_HANDOFF | (HANDOFF_KINDS.index(kind) + 1) << _KIND_SHIFT
+
+
+def handoff_kind(flags: int) -> str | None:
+    """The handoff kind ``flags`` name, or None (no handoff, or a kind this version does not
+    know: a sample is never put under the wrong kind)."""
+    code = (flags & _KIND_MASK) >> _KIND_SHIFT
+    if not flags & FLAG_HANDOFF or not 1 <= code <= len(HANDOFF_KINDS):
+        return None
+    return HANDOFF_KINDS[code - 1]
 
 
 def _filler(size: int) -> bytes:

@@ -1,4 +1,5 @@
-"""The PNG: latency over time with handoffs marked, latency CDFs steady vs handoff, gateway CPU.
+"""The PNG: latency over time with handoffs marked, latency CDFs steady vs handoff, p50/p99 per
+handoff kind beside steady (with the migration target's limit), gateway CPU.
 
 One timeline row per run (comparison mode: migrate above reconnect, on the same latency scale),
 then the CDFs of every run on one axis and the gateway's CPU over time. matplotlib runs headless
@@ -89,6 +90,43 @@ def _cdfs(ax: Any, runs: Sequence[RunResult]) -> None:
     ax.legend(fontsize=8, loc="lower right")
 
 
+def _by_kind(ax: Any, runs: Sequence[RunResult]) -> None:
+    """p99 bars (p50 as a dot) steady, per handoff kind and for two kinds at once, one bar per
+    run; a dashed line at each applicable migration target's limit (steady p99 + one path RTT)."""
+    kinds = [
+        k
+        for k in HANDOFF_KINDS
+        if any(k in r.summary["latency_ms"]["handoff_by_kind"] for r in runs)
+    ]
+    mixed = any(r.summary["latency_ms"]["handoff_mixed"]["count"] for r in runs)
+    groups = ["steady", *kinds, *(["two kinds"] if mixed else [])]
+    width = 0.8 / max(1, len(runs))
+    for i, (colour, run) in enumerate(zip(_RUN_COLOURS, runs, strict=False)):
+        latency = run.summary["latency_ms"]
+        stats = [latency["steady"], *(latency["handoff_by_kind"].get(k) for k in kinds)]
+        stats += [latency["handoff_mixed"]] if mixed else []
+        xs = [g + (i - (len(runs) - 1) / 2) * width for g in range(len(groups))]
+        p99 = [max(s["p99_ms"], 0.01) if s and s["count"] else 0.0 for s in stats]
+        p50 = [max(s["p50_ms"], 0.01) if s and s["count"] else float("nan") for s in stats]
+        ax.bar(xs, p99, width, color=colour, alpha=0.7, label=f"{run.label} p99")
+        ax.plot(xs, p50, "o", color="black", markersize=3)
+        target = run.summary.get("migration_target") or {}
+        if target.get("passed") is not None:
+            ax.axhline(
+                target["limit_ms"],
+                color=colour,
+                linestyle="--",
+                linewidth=0.8,
+                label=f"{run.label}: steady p99 + {target['path']} RTT",
+            )
+    ax.set_xticks(range(len(groups)), groups, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title("p99 (bars) and p50 (dots): steady and within each kind's window", fontsize=10)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+
+
 def _cpu(ax: Any, runs: Sequence[RunResult]) -> None:
     drawn = False
     for colour, run in zip(_RUN_COLOURS, runs, strict=False):
@@ -135,15 +173,16 @@ def plot_runs(runs: Sequence[RunResult], path: Path, *, title: str, window_s: fl
     import matplotlib.pyplot as plt
 
     rows = len(runs) + 1
-    fig = plt.figure(figsize=(13, 3.6 * rows), constrained_layout=True)
-    grid = fig.add_gridspec(rows, 2)
+    fig = plt.figure(figsize=(16, 3.6 * rows), constrained_layout=True)
+    grid = fig.add_gridspec(rows, 3)
     first = None
     for i, run in enumerate(runs):
         ax = fig.add_subplot(grid[i, :], sharey=first)
         first = first or ax
         _timeline(ax, run, window_s)
     _cdfs(fig.add_subplot(grid[rows - 1, 0]), runs)
-    _cpu(fig.add_subplot(grid[rows - 1, 1]), runs)
+    _by_kind(fig.add_subplot(grid[rows - 1, 1]), runs)
+    _cpu(fig.add_subplot(grid[rows - 1, 2]), runs)
     fig.suptitle(title, fontsize=12)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

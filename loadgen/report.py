@@ -20,7 +20,7 @@ from rich.table import Table
 
 from loadgen.scenario import HANDOFF_KINDS, PRIORITIES
 
-__all__ = ["headline", "render", "write_json"]
+__all__ = ["headline", "render", "target_text", "write_json"]
 
 MAX_ERRORS_SHOWN = 5  # per run; the JSON has up to 10 per worker
 _PERCENTILES = (("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"), ("p99.9", "p999_ms"))
@@ -41,9 +41,14 @@ def _latency_table(run: Mapping[str, Any], scenario_name: str) -> Table:
     table.add_column("")
     for name in ("count", *(p for p, _ in _PERCENTILES), "max"):
         table.add_column(name, justify="right")
-    rows = (("steady", "steady"), (f"<= {window:g} s after a handoff", "handoff"), ("all", "all"))
-    for title, key in rows:
-        s = run["latency_ms"][key]
+    latency = run["latency_ms"]
+    rows = [("steady", latency["steady"]), (f"<= {window:g} s after a handoff", latency["handoff"])]
+    # Older results files have no per-kind split.
+    rows += [(f"  of which {kind}", s) for kind, s in latency.get("handoff_by_kind", {}).items()]
+    if latency.get("handoff_mixed", {}).get("count"):
+        rows.append(("  of which two kinds at once", latency["handoff_mixed"]))
+    rows.append(("all", latency["all"]))
+    for title, s in rows:
         table.add_row(
             title, f"{s['count']:,}", *(_ms(s[k]) for _, k in _PERCENTILES), _ms(s["max_ms"])
         )
@@ -108,13 +113,45 @@ def _kind_row(kind: str) -> tuple[str, _Getter]:
     return kind, get
 
 
+def _by_kind_row(kind: str) -> tuple[str, _Getter]:
+    """p50 / p99 / p99.9 within the windows of ``kind``'s handoffs."""
+
+    def get(run: Mapping[str, Any]) -> str:
+        s = run["latency_ms"].get("handoff_by_kind", {}).get(kind)
+        if not s or not s["count"]:
+            return "n/a"
+        return " / ".join(_ms(s[k]) for k in ("p50_ms", "p99_ms", "p999_ms"))
+
+    return f"  after {kind}: p50 / p99 / p99.9 (ms)", get
+
+
+def target_text(target: Mapping[str, Any] | None) -> str:
+    """The migration target of one run in words: the figures, then PASS, FAIL or n/a (why)."""
+    if not target:
+        return "n/a (not in this results file)"
+    if target["passed"] is None:
+        return f"n/a ({target['note']})"
+    verdict = "PASS" if target["passed"] else "FAIL"
+    op = "<=" if target["passed"] else ">"
+    return (
+        f"{_ms(target['p99_ms'])} {op} {_ms(target['steady_p99_ms'])} + "
+        f"{_ms(target['path_rtt_ms'])} ({target['path']} RTT) = {_ms(target['limit_ms'])} ms: "
+        f"{verdict}"
+    )
+
+
 _SECTIONS: list[tuple[str, list[tuple[str, _Getter]]]] = [
     (
         "headline",
         [
             ("p99 within the handoff window (ms)", _g("latency_ms", "handoff", "p99_ms", fmt=_ms)),
             ("p99.9 within the window (ms)", _g("latency_ms", "handoff", "p999_ms", fmt=_ms)),
+            *(_by_kind_row(k) for k in HANDOFF_KINDS),
             ("p99 steady (ms)", _g("latency_ms", "steady", "p99_ms", fmt=_ms)),
+            (
+                "migration p99 <= steady p99 + path RTT",
+                lambda run: target_text(run.get("migration_target")),
+            ),
             (
                 "delivery gap per handoff p50 / p99 (ms)",
                 _pair(
@@ -210,15 +247,36 @@ def _detail_table(runs: Sequence[Mapping[str, Any]]) -> Table:
     return table
 
 
-def headline(doc: Mapping[str, Any]) -> str:
-    """One line: p99 across handoffs for each run."""
+def _run_headline(run: Mapping[str, Any]) -> str:
+    latency = run["latency_ms"]
+    if not latency["handoff"]["count"]:
+        return f"{run['label']} n/a (no samples)"
     parts = [
-        f"{r['label']} {_ms(r['latency_ms']['handoff']['p99_ms'])} ms"
-        if r["latency_ms"]["handoff"]["count"]
-        else f"{r['label']} n/a (no samples)"
-        for r in doc["runs"]
+        f"{kind} {_ms(s['p99_ms'])}" if s["count"] else f"{kind} n/a"
+        for kind, s in latency.get("handoff_by_kind", {}).items()
     ]
-    return "p99 within a handoff window: " + " vs ".join(parts)
+    mixed = latency.get("handoff_mixed", {})
+    if mixed.get("count"):
+        parts.append(f"mixed {_ms(mixed['p99_ms'])}")
+    kinds = ", ".join(parts)
+    return f"{run['label']} {_ms(latency['handoff']['p99_ms'])} ms" + (
+        f" ({kinds})" if kinds else ""
+    )
+
+
+def headline(doc: Mapping[str, Any]) -> str:
+    """The summary line: p99 within a handoff window for each run, and per handoff kind; then
+    each run's migration target that applies (:data:`loadgen.results.MIGRATION_RULE`)."""
+    line = "p99 within a handoff window: " + " vs ".join(_run_headline(r) for r in doc["runs"])
+    steady = ", ".join(
+        f"{r['label']} {_ms(r['latency_ms']['steady']['p99_ms'])}" for r in doc["runs"]
+    )
+    line += f"; steady p99 {steady} ms"
+    for run in doc["runs"]:
+        target = run.get("migration_target")
+        if target and target["passed"] is not None:
+            line += f"; migration p99 ({run['label']}) {target_text(target)}"
+    return line
 
 
 def render(console: Console, doc: Mapping[str, Any]) -> None:

@@ -17,11 +17,75 @@ from typing import Any
 
 from loadgen.sampler import Sample
 from loadgen.scenario import HANDOFF_KINDS, PRIORITIES, Scenario
-from loadgen.stats import Merged, Summary, encode, timeline_bucket_s
+from loadgen.schedule import HANDOFF_MODES, plan_handoff
+from loadgen.stats import MIXED, Merged, Summary, encode, timeline_bucket_s
 
-__all__ = ["SCHEMA", "build_document", "build_summary", "machine_info"]
+__all__ = [
+    "MIGRATION_RULE",
+    "SCHEMA",
+    "build_document",
+    "build_summary",
+    "handoff_kinds",
+    "machine_info",
+    "migration_target",
+    "path_rtt_ms",
+]
 
 SCHEMA = "skein.loadgen.results/1"
+MIGRATION_RULE = "p99 within a migrate handoff's window <= steady p99 + one path RTT"
+
+
+def handoff_kinds(scenario: Scenario, merged: Merged) -> list[str]:
+    """The kinds reported per kind: those the scenario hands off by, and any with samples."""
+    handoffs = scenario.handoffs
+    planned = handoffs.mean_interval_s > 0
+    return [
+        kind
+        for kind in HANDOFF_KINDS
+        if (planned and handoffs.weight(kind) > 0) or f"latency_handoff:{kind}" in merged.histograms
+    ]
+
+
+def path_rtt_ms(scenario: Scenario) -> tuple[str, float]:
+    """The slowest path in the scenario's mix and its nominal round trip (twice its one-way
+    ``delay_ms``, jitter left out): the "one path RTT" a migration may add, taken from the
+    slowest path a client may move to so the rule does not favour the fast ones."""
+    profiles = scenario.paths.profiles()
+    name = max((n for n, w in scenario.paths.mix if w > 0), key=lambda n: profiles[n].delay_ms)
+    return name, round(2 * profiles[name].delay_ms, 3)
+
+
+def migration_target(
+    *, mode: str, migrate: Mapping[str, Any] | None, steady_p99_ms: float, rtt: tuple[str, float]
+) -> dict[str, Any]:
+    """The issue-14 target for one run: :data:`MIGRATION_RULE`. ``migrate`` is the run's
+    latency summary within ``migrate`` handoff windows (None: no such handoff). ``passed`` is
+    None when it does not apply: the run recovers a ``migrate`` handoff by reconnecting, or no
+    sample fell in such a window. A reported figure, never one of ``checks``."""
+    recovery = plan_handoff("migrate", mode).recovery if mode in HANDOFF_MODES else ""
+    path, rtt_ms = rtt
+    limit = round(steady_p99_ms + rtt_ms, 3)
+    samples = int(migrate["count"]) if migrate else 0
+    p99 = float(migrate["p99_ms"]) if migrate and samples else None
+    passed: bool | None = None
+    if recovery != "migrate":
+        why = f"this run recovers a migrate handoff by {recovery or 'nothing'}"
+    elif p99 is None:
+        why = "no sample within a migrate handoff's window"
+    else:
+        passed, why = p99 <= limit, ""
+    return {
+        "rule": MIGRATION_RULE,
+        "recovery": recovery,
+        "samples": samples,
+        "p99_ms": p99,
+        "steady_p99_ms": steady_p99_ms,
+        "path": path,
+        "path_rtt_ms": rtt_ms,
+        "limit_ms": limit,
+        "passed": passed,
+        "note": why,
+    }
 
 
 def _by_priority(counters: Mapping[str, int], prefix: str) -> dict[str, int]:
@@ -165,11 +229,22 @@ def build_summary(
     """
     c = merged.counters
     bucket = timeline_bucket_s(scenario.duration_s)
-    latency = {
+    latency: dict[str, Any] = {
         "steady": merged.summary("latency_steady").as_dict(),
         "handoff": merged.summary("latency_handoff").as_dict(),
         "all": Summary.of(merged.combined_latency()).as_dict(),
+        "handoff_by_kind": {
+            kind: merged.summary(f"latency_handoff:{kind}").as_dict()
+            for kind in handoff_kinds(scenario, merged)
+        },
+        "handoff_mixed": merged.summary(f"latency_handoff:{MIXED}").as_dict(),
     }
+    target = migration_target(
+        mode=mode,
+        migrate=latency["handoff_by_kind"].get("migrate"),
+        steady_p99_ms=latency["steady"]["p99_ms"],
+        rtt=path_rtt_ms(scenario),
+    )
     gap_kinds = {
         kind: merged.summary(f"gap:{kind}").as_dict()
         for kind in HANDOFF_KINDS
@@ -201,6 +276,7 @@ def build_summary(
         },
         "handoff_window_s": scenario.handoffs.window_s,
         "latency_ms": latency,
+        "migration_target": target,
         "handoff_gap_ms": {
             "all": merged.summary("gap").as_dict(),
             "by_kind": gap_kinds,
@@ -251,6 +327,9 @@ def build_document(
         doc["comparison"] = {
             r["label"]: {
                 "p99_handoff_ms": r["latency_ms"]["handoff"]["p99_ms"],
+                "p99_handoff_by_kind_ms": {
+                    kind: s["p99_ms"] for kind, s in r["latency_ms"]["handoff_by_kind"].items()
+                },
                 "p99_steady_ms": r["latency_ms"]["steady"]["p99_ms"],
                 "p99_gap_ms": r["handoff_gap_ms"]["all"]["p99_ms"],
                 "reliable_loss": r["delivery"]["reliable_loss"],

@@ -39,7 +39,7 @@ from gateway.wire.frames import Priority
 from loadgen.auth import room_pattern
 from loadgen.context import Expected, SimContext
 from loadgen.history import before_join, read_history
-from loadgen.payload import FLAG_HANDOFF, Payload, encode_body
+from loadgen.payload import Payload, encode_body, handoff_flags
 from loadgen.relay import UdpRelay
 from loadgen.scenario import PRIORITIES
 from loadgen.schedule import (
@@ -298,7 +298,7 @@ class SimClient:
                 return
             room = self.rooms[event.room_rank]
             n = self._numbers[room] = self._numbers.get(room, 0) + 1
-            flags = FLAG_HANDOFF if self.tracker.in_window(now) else 0
+            flags = handoff_flags(self.tracker.window_kind(now))
             body = encode_body(Payload(intended, self.index, n, flags), event.size_bytes)
             self.ctx.recorder.publish_lag(now - intended)
             self.counters[f"published:{event.priority}"] += 1

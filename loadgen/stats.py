@@ -8,8 +8,12 @@ not averages of per-worker percentiles.
 
 A latency sample is *handoff* when it falls within ``window_s`` after the receiving client's
 latest handoff began (:func:`in_handoff_window`), or when its publisher sent it within its own
-window; every other sample is *steady*. A worker's :class:`Recorder` takes samples with the time
-passed in; :meth:`Recorder.snapshot` gives a picklable :class:`Snapshot`; :func:`merge` combines
+window; every other sample is *steady*. A handoff sample is also recorded under the kind of
+handoff it was within (``latency_handoff:<kind>``): the receiver's or the publisher's, whichever
+was in a window, or both's when they are of one kind; when they are in windows of two different
+kinds it goes under :data:`MIXED` instead (a publisher's blackout must not be charged to its
+receiver's migration). The per-kind and mixed counts add up to the handoff count.
+A worker's :class:`Recorder` takes samples with the time passed in; :meth:`Recorder.snapshot` gives a picklable :class:`Snapshot`; :func:`merge` combines
 any number of them into a :class:`Merged`.
 """
 
@@ -29,6 +33,7 @@ __all__ = [
     "LOWEST_US",
     "MAX_MARKS",
     "MAX_TIMELINE_BUCKETS",
+    "MIXED",
     "SIGNIFICANT_FIGURES",
     "Merged",
     "Recorder",
@@ -53,6 +58,8 @@ MAX_MARKS = 2_000  # handoff marks kept per worker for the plot; later ones are 
 MAX_NOTES = 10  # failure descriptions kept per worker
 
 LATENCY_NAMES = ("steady", "handoff")
+MIXED = "mixed"
+"""The kind of a handoff sample whose receiver and publisher were in windows of different kinds."""
 _FIXED = ("latency_steady", "latency_handoff", "gap", "interarrival", "publish_lag")
 
 
@@ -143,8 +150,8 @@ class Summary:
 class Snapshot:
     """A worker's recorded samples, picklable: histograms as their HDR encodings.
 
-    ``histograms``: latency_steady, latency_handoff, gap, interarrival, publish_lag and
-    ``gap:<kind>`` per handoff kind. ``timeline``: bucket index -> encoded latency histogram.
+    ``histograms``: latency_steady, latency_handoff, gap, interarrival, publish_lag, and per
+    handoff kind seen ``latency_handoff:<kind>`` and ``gap:<kind>``. ``timeline``: bucket index -> encoded latency histogram.
     ``marks``: (seconds from the origin, kind) of the first :data:`MAX_MARKS` handoffs.
     ``notes``: the first :data:`MAX_NOTES` failures, described.
     """
@@ -226,12 +233,20 @@ class Recorder:
         if len(self.notes) < (3 * MAX_NOTES if force else MAX_NOTES):
             self.notes.append(text)
 
-    def latency(self, latency_ns: int, at_ns: int, *, handoff: bool) -> None:
-        """A message delivered at ``at_ns``, ``latency_ns`` after its intended send time."""
+    def latency(
+        self, latency_ns: int, at_ns: int, *, handoff: bool, kind: str | None = None
+    ) -> None:
+        """A message delivered at ``at_ns``, ``latency_ns`` after its intended send time;
+        ``handoff``: within a handoff window, of ``kind`` if known (also kept per kind)."""
         us = latency_ns / 1000.0
         name = "latency_handoff" if handoff else "latency_steady"
         if record_us(self.histograms[name], us):
             self.counters["clamped"] += 1
+        if handoff and kind is not None:
+            by_kind = self.histograms.get(f"latency_handoff:{kind}")
+            if by_kind is None:
+                by_kind = self.histograms[f"latency_handoff:{kind}"] = new_histogram()
+            record_us(by_kind, us)
         bucket = min(max(0, (at_ns - self.origin_ns) // self.bucket_ns), MAX_TIMELINE_BUCKETS - 1)
         histogram = self.timeline.get(bucket)
         if histogram is None:

@@ -7,8 +7,9 @@ violation. It also drops duplicates by (publisher, n) and counts distinct messag
 for the loss check at the end.
 
 A :class:`ClientTracker` holds a client's rooms and handoff state: it classifies each latency
-sample as steady or handoff (see :mod:`loadgen.stats`) and measures the delivery gap per handoff
-(from the handoff's start to the next message delivered to the client).
+sample as steady or handoff, and a handoff sample by kind (see :mod:`loadgen.stats`), and measures
+the delivery gap per handoff (from the handoff's start to the next message delivered to the
+client).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gateway.wire.frames import Message
-from loadgen.payload import FLAG_HANDOFF, decode_body
-from loadgen.stats import Recorder, in_handoff_window
+from loadgen.payload import FLAG_HANDOFF, decode_body, handoff_kind
+from loadgen.stats import MIXED, Recorder, in_handoff_window
 
 __all__ = ["MAX_OUT_OF_ORDER", "ClientTracker", "RoomTracker", "SeenSet"]
 
@@ -110,6 +111,7 @@ class ClientTracker:
         "_gap_kind",
         "_gap_since",
         "_last_delivery",
+        "_last_kind",
         "_recorder",
         "_window_ns",
         "last_handoff_ns",
@@ -121,6 +123,7 @@ class ClientTracker:
         self._window_ns = int(window_s * 1e9)
         self.rooms: dict[str, RoomTracker] = {}
         self.last_handoff_ns: int | None = None
+        self._last_kind = ""
         self._gap_since: int | None = None
         self._gap_kind = ""
         self._last_delivery: int | None = None
@@ -152,11 +155,15 @@ class ClientTracker:
         """Whether this client is within its handoff window at ``now_ns``."""
         return in_handoff_window(now_ns, self.last_handoff_ns, self._window_ns)
 
+    def window_kind(self, now_ns: int) -> str | None:
+        """The kind of the handoff whose window this client is in at ``now_ns``, or None."""
+        return self._last_kind if self.in_window(now_ns) else None
+
     def handoff(self, now_ns: int, kind: str) -> None:
         """A handoff of ``kind`` begins. An earlier one still waiting for a delivery gets none."""
         if self._gap_since is not None:
             self._recorder.counters["gap_no_delivery"] += 1
-        self.last_handoff_ns = now_ns
+        self.last_handoff_ns, self._last_kind = now_ns, kind
         self._gap_since, self._gap_kind = now_ns, kind
         self._recorder.mark(now_ns, kind)
 
@@ -179,8 +186,10 @@ class ClientTracker:
             ] += 1
             return
         counters["delivered"] += 1
-        handoff = self.in_window(now_ns) or bool(payload.flags & FLAG_HANDOFF)
-        self._recorder.latency(now_ns - payload.intended_ns, now_ns, handoff=handoff)
+        own, theirs = self.window_kind(now_ns), handoff_kind(payload.flags)
+        handoff = own is not None or bool(payload.flags & FLAG_HANDOFF)
+        kind = own if theirs is None or theirs == own else theirs if own is None else MIXED
+        self._recorder.latency(now_ns - payload.intended_ns, now_ns, handoff=handoff, kind=kind)
         if self._gap_since is not None:
             self._recorder.gap(now_ns - self._gap_since, self._gap_kind)
             self._gap_since = None

@@ -70,6 +70,19 @@ async def test_a_short_scenario_through_every_kind_of_handoff(
     for key in ("steady", "handoff", "all"):
         assert set(run["latency_ms"][key]) == LATENCY_FIELDS
     assert run["latency_ms"]["steady"]["count"] > 0 and run["latency_ms"]["handoff"]["count"] > 0
+    # Within the handoff window per kind: every kind the scenario has, with samples, and every
+    # handoff sample under exactly one kind, or under two kinds at once (receiver and publisher).
+    by_kind = run["latency_ms"]["handoff_by_kind"]
+    assert set(by_kind) == set(SCENARIO["handoffs"]["kinds"])  # type: ignore[index]
+    for kind, summary in by_kind.items():
+        assert set(summary) == LATENCY_FIELDS and summary["count"] > 0, (kind, summary)
+    mixed = run["latency_ms"]["handoff_mixed"]["count"]
+    assert (
+        sum(s["count"] for s in by_kind.values()) + mixed == run["latency_ms"]["handoff"]["count"]
+    )
+    target = run["migration_target"]  # a reported figure: its verdict is not asserted
+    assert target["recovery"] == "migrate" and target["samples"] == by_kind["migrate"]["count"]
+    assert target["passed"] in (True, False) and target["path"] == "perfect"
 
     delivery = run["delivery"]
     assert delivery["published"]["total"] > 100 and delivery["published"]["high"] > 0

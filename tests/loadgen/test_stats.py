@@ -10,9 +10,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.wire.frames import Message, Priority
-from loadgen.payload import FLAG_HANDOFF, HEADER_BYTES, Payload, decode_body, encode_body
+from loadgen.payload import (
+    FLAG_HANDOFF,
+    HEADER_BYTES,
+    Payload,
+    decode_body,
+    encode_body,
+    handoff_flags,
+    handoff_kind,
+)
+from loadgen.scenario import HANDOFF_KINDS
 from loadgen.stats import (
     HIGHEST_US,
+    MIXED,
     Recorder,
     Summary,
     decode,
@@ -195,3 +205,84 @@ def test_payload_round_trip() -> None:
     assert decode_body(body) == payload
     assert len(encode_body(payload, 1)) == HEADER_BYTES
     assert decode_body(b"hello, world, this is a normal chat message") is None
+
+
+def test_handoff_flags_carry_the_kind() -> None:
+    for kind in HANDOFF_KINDS:
+        flags = handoff_flags(kind)
+        assert flags & FLAG_HANDOFF
+        assert handoff_kind(flags) == kind
+        body = encode_body(Payload(1, 2, 3, flags), 64)
+        decoded = decode_body(body)
+        assert decoded is not None and handoff_kind(decoded.flags) == kind
+    assert handoff_flags(None) == 0 and handoff_kind(0) is None
+    assert handoff_kind(FLAG_HANDOFF) is None  # a publisher that did not say which kind
+    assert handoff_kind(FLAG_HANDOFF | 0b111 << 1) is None  # a kind this version does not know
+    with pytest.raises(ValueError):
+        handoff_flags("teleport")
+
+
+def test_handoff_samples_are_kept_per_kind_and_two_kinds_at_once_apart() -> None:
+    recorder = Recorder(origin_ns=0, bucket_s=1.0)
+    client = ClientTracker(recorder, window_s=1.0)
+    client.joined("r", {})
+    client.delivered("r", _message(1, 1, 7, 1, 0), 10 * MS)  # steady
+    client.handoff(1000 * MS, "migrate")
+    assert client.window_kind(1500 * MS) == "migrate" and client.window_kind(2500 * MS) is None
+    client.delivered("r", _message(1, 2, 7, 2, 1000 * MS), 1040 * MS)  # receiver migrating: 40
+    # Both in a migrate window: migrate.
+    migrating = handoff_flags("migrate")
+    client.delivered("r", _message(1, 3, 9, 1, 1100 * MS, flags=migrating), 1150 * MS)  # 50
+    # The receiver migrating, its publisher in a blackout: neither kind alone explains it.
+    flags = handoff_flags("blackout")
+    client.delivered("r", _message(1, 4, 8, 1, 1100 * MS, flags=flags), 1400 * MS)  # 300
+    # Receiver steady again, publisher within a blackout window: the publisher's kind.
+    client.delivered("r", _message(1, 5, 8, 2, 2500 * MS, flags=flags), 2800 * MS)  # 300
+    # Publisher in a window of a kind it did not say: handoff, under no kind.
+    client.delivered("r", _message(1, 6, 8, 3, 3000 * MS, flags=FLAG_HANDOFF), 3010 * MS)
+    client.handoff(4000 * MS, "reconnect")
+    client.delivered("r", _message(1, 7, 7, 3, 4000 * MS), 4100 * MS)  # 100
+    merged = merge([recorder.snapshot()])
+    assert merged.summary("latency_steady").count == 1
+    assert merged.summary("latency_handoff").count == 6
+    migrate = merged.summary("latency_handoff:migrate")
+    assert migrate.count == 2 and migrate.max_ms == pytest.approx(50, rel=0.01)
+    assert migrate.p50_ms == pytest.approx(40, rel=0.01)
+    mixed = merged.summary(f"latency_handoff:{MIXED}")
+    assert mixed.count == 1 and mixed.max_ms == pytest.approx(300, rel=0.01)
+    blackout = merged.summary("latency_handoff:blackout")
+    assert blackout.count == 1 and blackout.max_ms == pytest.approx(300, rel=0.01)
+    assert merged.summary("latency_handoff:reconnect").count == 1
+    assert "latency_handoff:nat_rebind" not in merged.histograms
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(
+            st.integers(0, 5000),  # receive time, ms
+            st.integers(0, 400),  # latency, ms
+            st.sampled_from([None, *HANDOFF_KINDS]),  # the publisher's window kind
+            st.sampled_from([None, *HANDOFF_KINDS]),  # a handoff of the receiver just before
+        ),
+        max_size=60,
+    )
+)
+def test_per_kind_and_mixed_counts_add_up_to_the_handoff_count(
+    events: list[tuple[int, int, str | None, str | None]],
+) -> None:
+    recorder = Recorder(origin_ns=0, bucket_s=1.0)
+    client = ClientTracker(recorder, window_s=0.5)
+    client.joined("r", {})
+    for n, (at_ms, latency_ms, publisher_kind, own) in enumerate(
+        sorted(events, key=lambda e: e[0]), start=1
+    ):
+        if own is not None:
+            client.handoff(at_ms * MS, own)
+        sent = (at_ms - latency_ms) * MS
+        message = _message(1, n, 1, n, sent, flags=handoff_flags(publisher_kind))
+        client.delivered("r", message, at_ms * MS)
+    merged = merge([recorder.snapshot()])
+    per_kind = sum(merged.summary(f"latency_handoff:{k}").count for k in (*HANDOFF_KINDS, MIXED))
+    assert per_kind == merged.summary("latency_handoff").count
+    assert per_kind + merged.summary("latency_steady").count == len(events)
