@@ -61,7 +61,7 @@ class FlatConfig:
     compare_s: float = 60.0
     warmup_s: float = 2.0
     subscribers: int = 200
-    rate_hz: float = 100.0
+    rate_per_s: float = 100.0
     processes: int = 4
     sampled_per_process: int = 10
     ratio_limit: float = 1.5
@@ -73,7 +73,7 @@ class FlatConfig:
             "compare_s": (0.5, 1800.0),
             "warmup_s": (0.0, 600.0),
             "subscribers": (1, 10_000),
-            "rate_hz": (0.1, 10_000.0),
+            "rate_per_s": (0.1, 10_000.0),
             "processes": (1, 64),
             "sampled_per_process": (1, 10_000),
             "ratio_limit": (1.0, 100.0),
@@ -172,7 +172,7 @@ async def _intervals(
     gw: RunningGateway, swarm: Fleet, config: FlatConfig, on_interval: Callable[[Interval], None]
 ) -> tuple[list[Interval], dict[str, Any]]:
     """Publish, warm up, measure ``config.intervals`` back-to-back intervals, stop publishing."""
-    await swarm.publish(config.rate_hz)
+    await swarm.publish(config.rate_per_s)
     out: list[Interval] = []
     try:
         await swarm.first_delivery()
@@ -183,7 +183,7 @@ async def _intervals(
             window = await measure_window(gw, swarm, config.interval_s)
             t = window.tallies
             elapsed = window.elapsed_s
-            offered = config.rate_hz * config.subscribers
+            offered = config.rate_per_s * config.subscribers
             interval = Interval(
                 index=index,
                 start_s=round(start_s, 3),
@@ -274,7 +274,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     top.legend(fontsize=8)
     ratio = "n/a" if verdict["ratio"] is None else f"{verdict['ratio']:.2f}"
     top.set_title(
-        f"{config['engine']}: {config['subscribers']} subscribers x {config['rate_hz']:g} msgs/s; "
+        f"{config['engine']}: {config['subscribers']} subscribers x {config['rate_per_s']:g} msgs/s; "
         f"last/second window p99 {ratio} (limit {config['ratio_limit']:g}): "
         f"{'flat' if verdict['flat'] else 'NOT flat'}",
         fontsize=10,
@@ -366,7 +366,7 @@ def _parser() -> argparse.ArgumentParser:
         ("compare_s", float, "length of the two windows compared (second and last)"),
         ("warmup_s", float, "seconds after the first delivery before measuring"),
         ("subscribers", int, "subscribers in the hot room"),
-        ("rate_hz", float, "messages per second published into the room"),
+        ("rate_per_s", float, "messages per second published into the room"),
         ("processes", int, "subscriber processes"),
         ("sampled_per_process", int, "subscribers per process that record latency"),
         ("ratio_limit", float, "last window's p99 / second window's p99 allowed"),

@@ -103,7 +103,7 @@ def test_the_verdict_is_the_ratio_of_the_two_windows(
         {"compare_s": 5.0},  # shorter than an interval
         {"interval_s": 0.0},
         {"subscribers": 0},
-        {"rate_hz": float("nan")},
+        {"rate_per_s": float("nan")},
         {"engine": "quiche"},
         {"ratio_limit": 0.5},
     ],
@@ -123,7 +123,7 @@ def test_the_command_line_refuses_bad_arguments(capsys: pytest.CaptureFixture[st
 def test_a_short_run_writes_every_interval_and_the_plot(tmp_path: Path) -> None:
     out = tmp_path / "flat.json"
     argv = ["--duration-s", "4", "--interval-s", "1", "--compare-s", "1", "--warmup-s", "0.5"]
-    argv += ["--subscribers", "6", "--rate-hz", "20", "--processes", "1", "--out", str(out)]
+    argv += ["--subscribers", "6", "--rate-per-s", "20", "--processes", "1", "--out", str(out)]
     assert main(argv) == 0
     doc = json.loads(out.read_text())
     assert doc["schema"] == "skein.bench.flat/1" and doc["config"]["engine"]
