@@ -371,3 +371,67 @@ async def test_tokens_and_permissions(guarded: GatewayServer, ca_file: Path) -> 
         assert message.sender == "carol"
         peer.send(join=pb.Join(request_id=6, room="vip"))
         await refused(peer, ErrorCode.FORBIDDEN, 6, fatal=True)
+
+
+# ---- a client that stops reading ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def impatient(certs: CertPaths) -> AsyncIterator[GatewayServer]:
+    """A gateway that cuts a connection congested for 0.5 s, and keeps what it queued for the
+    client to read for 60 s after."""
+    limits = dataclasses.replace(GENEROUS, unread_grace_s=60.0)
+    core = CoreConfig(send_budget_bytes=32 * 1024, slow_consumer_s=0.5, limits=limits)
+    server = GatewayServer(server_config(certs, core))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+async def test_a_client_that_stops_reading_is_cut(impatient: GatewayServer, ca_file: Path) -> None:
+    """§4.8: a connection whose unread backlog stays over the send budget for slow_consumer_s
+    is sent a fatal SLOW_CONSUMER (request_id 0) after what was queued before it, chatter shed
+    as tombstones first, and the session ends; the publisher is not held up."""
+    async with (
+        wt_connect(impatient.address, ca_file) as writer,
+        wt_connect(impatient.address, ca_file) as reader,
+    ):
+        pub, _ = await open_peer(writer, "pub")
+        slow, _ = await open_peer(reader, "slow")
+        for peer in (pub, slow):
+            peer.send(join=pb.Join(request_id=1, room="flood"))
+            await peer.expect("joined")
+        reader.frozen = True  # it reads (and acknowledges) nothing from now on
+        cut = impatient.hub.stats.errors
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT_S
+        request_id = 10
+        while cut[ErrorCode.SLOW_CONSUMER.name] < 1:  # a burst of 64 KiB at a time, bounded
+            assert loop.time() < deadline, "the slow reader was never cut"
+            for _ in range(16):
+                request_id += 1
+                priority = pb.PRIORITY_CHATTER if request_id % 2 else pb.PRIORITY_NORMAL
+                pub.send(
+                    publish=pb.Publish(
+                        request_id=request_id, room="flood", body=b"f" * 4096, priority=priority
+                    )
+                )
+            for _ in range(16):
+                await pub.expect("ack")
+            await asyncio.sleep(0.05)
+        reader.frozen = False
+        error = await refused(slow, ErrorCode.SLOW_CONSUMER, 0, fatal=True)
+        assert error.message
+        tombstones = [m for m in slow.delivered if m.shed]
+        assert tombstones, "no chatter was shed before the cut"
+        for m in tombstones:  # §4.3: a shed message's tombstone has only shard, seq and shed
+            assert (m.shard, m.seq > 0, m.body, m.sender, len(m.deps.shards)) == (
+                1,
+                True,
+                b"",
+                "",
+                0,
+            )
+        await pub.ping(8)
