@@ -12,6 +12,7 @@ Deliver and deliver_lz4, and live chatter as HTTP/3 datagrams (§1.7). The error
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from gateway.core.sharder import ShardingConfig
 from gateway.server.app import GatewayServer
 from gateway.server.certs import CertPaths
 from tests.conftest import GENEROUS, server_config
-from tests.e2e.rawpb import TIMEOUT_S, Peer, open_peer, pb
+from tests.e2e.rawpb import TIMEOUT_S, Peer, inflate, open_peer, pb
 from tests.e2e.wtclient import wt_connect
 
 CHATTER, NORMAL, HIGH = pb.PRIORITY_CHATTER, pb.PRIORITY_NORMAL, pb.PRIORITY_HIGH
@@ -292,15 +293,23 @@ async def test_a_re_shard_sends_its_shard_map_between_the_epochs(
         assert at(before) == [(1, seq) for seq in range(1, sealed + 1)]
         pub.send(publish=publish(1, "stadium", "after", b"y"))
         ack = await pub.expect("ack")
-        assert ack.id.shard in (2, 3)
+        affine = [2, 3][zlib.crc32(b"pub") % 2]  # §5.5: one sender, one shard per epoch
+        assert ack.id.shard == affine
         everything = await sub.messages(request_id - 10 + 1)  # each publish, and "after"
-        assert {m.shard for m in everything[sealed:]} <= {2, 3}
+        newer = everything[sealed:]
+        assert at(newer) == [(affine, seq) for seq in range(1, len(newer) + 1)]
         assert everything[-1].client_msg_id == "after"  # sequenced last, so fanned out last
+        # §6.1: shards of an earlier epoch never appear in deps (the map's sealed stands for them)
+        assert not [m for m in newer if set(m.deps.shards) - {2, 3}]
 
         newcomer, _ = await open_peer(client, "newcomer")
         answer = await joined(newcomer, 1, "stadium")
         assert [(m.epoch, list(m.shards)) for m in answer.shard_maps] == [(1, [1]), (2, [2, 3])]
         assert answer.shard_maps[1] == shard_map
+        # §4.5: the frontier is the previous epoch's sealed seqs and what each current shard
+        # fanned out (everything, here: sub has had it all)
+        frontier = dict(zip(answer.frontier.shards, answer.frontier.seqs, strict=True))
+        assert frontier == {1: sealed, affine: len(newer)}
 
 
 # ---- datagrams ------------------------------------------------------------------------------------
@@ -337,6 +346,7 @@ async def test_chatter_comes_as_datagrams_to_who_asked(
             assert frame.WhichOneof("kind") == "deliver", frame
             assert frame.deliver.room == "arena"
             chatter.extend(frame.deliver.messages)
+        chatter.sort(key=lambda m: m.seq)  # datagrams may come in any order
         assert [(m.seq, m.body, m.priority, m.chatter_before) for m in chatter] == [
             (1, b"c1", CHATTER, 0),
             (2, b"c2", CHATTER, 1),
@@ -352,3 +362,11 @@ async def test_chatter_comes_as_datagrams_to_who_asked(
             (b"n3", 2),
         ]
         assert plain.session.datagrams.empty()
+
+        # Chatter that compresses well goes to an lz4 client as deliver_lz4, in a datagram too.
+        await acked(pub, publish(7, "arena", "c-4", b"z" * 900, priority=CHATTER))
+        data = await dgram.client.next_datagram(dgram.session, TIMEOUT_S)
+        frame = pb.ServerFrame.FromString(data)
+        assert frame.WhichOneof("kind") == "deliver_lz4" and len(data) < 900, frame
+        (big,) = inflate(frame.deliver_lz4).messages
+        assert (big.seq, big.body, big.chatter_before) == (4, b"z" * 900, 0)
