@@ -125,6 +125,12 @@ async def test_hello_errors(gateway: GatewayServer, ca_file: Path) -> None:
         peer.send(hello=pb.Hello(protocol_version=1, client_name="again"))
         await refused(peer, ErrorCode.INVALID_ARGUMENT, 0)
         await peer.ping(4)
+        peer.send(join=pb.Join(request_id=5, room="lobby"))
+        await peer.expect("joined")
+        peer.send(publish=pb.Publish(request_id=6, room="lobby", body=b"who"))
+        await peer.expect("ack")
+        (message,) = await peer.messages(1)
+        assert message.sender == "n" * 128  # the second Hello changed nothing
 
 
 async def test_request_errors_name_their_request(gateway: GatewayServer, ca_file: Path) -> None:

@@ -177,6 +177,7 @@ async def test_a_cursor_replays_what_follows_it(gateway: GatewayServer, ca_file:
                 first.incarnation + 1,
                 [(1, 1), (1, 2), (1, 3)],
             ),
+            5: (pb.VectorClock(shards=[1], seqs=[2]), 0, [(1, 3)]),  # 0: no incarnation known
         }
         for request_id, (delivered, incarnation, wanted) in cases.items():
             bob.delivered.clear()
@@ -186,7 +187,7 @@ async def test_a_cursor_replays_what_follows_it(gateway: GatewayServer, ca_file:
             assert (again.missed, list(again.frontier.seqs)) == (0, [3])
             replay: pb.Deliver = await bob.expect("deliver")  # right after Joined
             assert (replay.room, at(list(replay.messages))) == ("replay", wanted)
-        assert [m.body for m in replay.messages] == [b"m1", b"m2", b"m3"]
+            assert [m.body for m in replay.messages] == [f"m{seq}".encode() for _, seq in wanted]
 
 
 async def test_fetch_answers_with_the_range_it_has(gateway: GatewayServer, ca_file: Path) -> None:
@@ -237,6 +238,12 @@ async def test_lz4_clients_get_big_batches_compressed(
         await plain.messages(2)
         assert plain.compressed == 0
         assert squeezed.delivered == plain.delivered
+        # Only fan-out batches are compressed: a replay after Join comes plain, however big.
+        squeezed.send(join=pb.Join(request_id=4, room="big", cursor=pb.Cursor(epoch=1)))
+        await squeezed.expect("joined")
+        replay: pb.Deliver = await squeezed.expect("deliver")
+        assert [m.client_msg_id for m in replay.messages] == ["big-1", "small-1"]
+        assert replay.ByteSize() >= 512 and squeezed.compressed == 1
 
 
 # ---- a re-shard -----------------------------------------------------------------------------------
