@@ -21,8 +21,13 @@ from gateway.wire._pb.skein.v1 import frames_pb2 as pb
 from tests.e2e.wtclient import WtClient, WtSession
 
 __all__ = [
+    "FETCH",
+    "JOIN",
+    "PING",
+    "PUBLISH",
     "TIMEOUT_S",
     "Peer",
+    "client_frame",
     "clock",
     "delimited",
     "inflate",
@@ -35,6 +40,7 @@ __all__ = [
 ]
 
 TIMEOUT_S = 20.0
+JOIN, PUBLISH, FETCH, PING = 2, 4, 5, 6  # ClientFrame's field numbers, for frames made by hand
 MAX_FRAMES = 2000  # frames a wait reads before it gives up
 
 
@@ -72,6 +78,11 @@ def clock(shards: list[int], seqs: list[int]) -> bytes:
 def delimited(payload: bytes) -> bytes:
     """One frame as it goes on the stream: ``varint(len(payload)) || payload``."""
     return pb_varint(len(payload)) + payload
+
+
+def client_frame(kind: int, body: bytes) -> bytes:
+    """``varint(length) || ClientFrame{kind: body}`` from a body made by hand."""
+    return delimited(pb_bytes(kind, body))
 
 
 def inflate(data: bytes) -> pb.Deliver:

@@ -27,8 +27,13 @@ from gateway.server.certs import CertPaths
 from gateway.tokens import mint
 from tests.conftest import GENEROUS, server_config
 from tests.e2e.rawpb import (
+    FETCH,
+    JOIN,
+    PING,
+    PUBLISH,
     TIMEOUT_S,
     Peer,
+    client_frame,
     clock,
     delimited,
     open_peer,
@@ -40,12 +45,6 @@ from tests.e2e.rawpb import (
 from tests.e2e.wtclient import wt_connect
 
 SECRET = "conformance-errors-secret-at-least-32-bytes"
-JOIN, PUBLISH, FETCH, PING = 2, 4, 5, 6
-
-
-def frame(kind: int, body: bytes) -> bytes:
-    """``ClientFrame{kind: body}``, framed, from bytes made by hand."""
-    return delimited(pb_bytes(kind, body))
 
 
 async def refused(peer: Peer, code: ErrorCode, request_id: int, *, fatal: bool = False) -> pb.Error:
@@ -68,11 +67,13 @@ async def test_framing_errors(gateway: GatewayServer, ca_file: Path) -> None:
         peer, _ = await open_peer(client)
         peer.send_bytes(delimited(pb_bytes(1, b"\x08")[:-1] + b"\x05ab"))  # hello cut short
         await refused(peer, ErrorCode.MALFORMED_FRAME, 0)
-        peer.send_bytes(frame(JOIN, pb_int(1, 5) + pb_bytes(2, b"\xff\xfe")))  # invalid UTF-8
+        peer.send_bytes(
+            client_frame(JOIN, pb_int(1, 5) + pb_bytes(2, b"\xff\xfe"))
+        )  # invalid UTF-8
         await refused(peer, ErrorCode.MALFORMED_FRAME, 0)
         peer.send_bytes(delimited(b""))
         await refused(peer, ErrorCode.UNKNOWN_FRAME, 0)
-        peer.send_bytes(frame(9, pb_int(1, 1)))  # a kind from the future
+        peer.send_bytes(client_frame(9, pb_int(1, 1)))  # a kind from the future
         await refused(peer, ErrorCode.UNKNOWN_FRAME, 0)
         # A Ping padded with unknown field 15 to exactly max_frame_bytes.
         payload = next(
@@ -230,7 +231,7 @@ async def test_request_errors_name_their_request(gateway: GatewayServer, ca_file
     async with wt_connect(gateway.address, ca_file) as client:
         peer, _ = await open_peer(client)
         for request_id, (what, kind, body, code) in enumerate(cases, start=100):
-            peer.send_bytes(frame(kind, pb_int(1, request_id) + body))
+            peer.send_bytes(client_frame(kind, pb_int(1, request_id) + body))
             if code is None:
                 answer = await peer.expect(answers[kind])
                 assert answer.request_id == request_id, what
