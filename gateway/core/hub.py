@@ -312,7 +312,7 @@ class Hub:
                 self._fail(
                     session,
                     Rejected(
-                        f"over its send budget for {limit:.0f} s: disconnected as a slow consumer",
+                        f"over its send budget for {limit:g} s: disconnected as a slow consumer",
                         code=ErrorCode.SLOW_CONSUMER,
                         fatal=True,
                     ),
@@ -325,7 +325,7 @@ class Hub:
                 self._fail(
                     session,
                     Rejected(
-                        f"what it asked for (a replay) has waited unread for {limit:.0f} s: "
+                        f"what it asked for (a replay) has waited unread for {limit:g} s: "
                         "disconnected as a slow consumer",
                         code=ErrorCode.SLOW_CONSUMER,
                         fatal=True,

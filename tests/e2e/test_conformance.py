@@ -35,6 +35,7 @@ from gateway.server.certs import CertPaths
 from gateway.tokens import mint
 from gateway.wire import frames as f
 from tests.conftest import server_config
+from tests.e2e.rawpb import FETCH, JOIN, PING, PUBLISH, client_frame, clock, pb_bytes, pb_int
 from tests.e2e.wtclient import WtClient, WtSession, wt_connect
 
 OTHER = next(name for name in engine.ENGINES if name != engine.ENGINE)
@@ -82,41 +83,6 @@ def settings_frame(control: bytes) -> dict[int, int] | None:
         return settings
     except IndexError:
         return None
-
-
-def pb_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def pb_int(field: int, value: int) -> bytes:
-    return pb_varint(field << 3) + pb_varint(value)
-
-
-def pb_bytes(field: int, value: bytes | str) -> bytes:
-    raw = value.encode() if isinstance(value, str) else value
-    return pb_varint((field << 3) | 2) + pb_varint(len(raw)) + raw
-
-
-def pb_packed(field: int, values: list[int]) -> bytes:
-    return pb_bytes(field, b"".join(pb_varint(v) for v in values))
-
-
-def client_frame(kind: int, body: bytes) -> bytes:
-    """``varint(length) || ClientFrame{kind: body}``: one frame as it goes on the stream."""
-    payload = pb_bytes(kind, body)
-    return pb_varint(len(payload)) + payload
-
-
-JOIN, PUBLISH, FETCH, PING = 2, 4, 5, 6
-
-
-def clock(shards: list[int], seqs: list[int]) -> bytes:
-    return pb_packed(1, shards) + pb_packed(2, seqs)
 
 
 # ---- HTTP/3 SETTINGS --------------------------------------------------------------------------------

@@ -3,7 +3,9 @@ QUIC connection, each started and ended by hand (FIN or RESET_STREAM on each of 
 
 It speaks exactly docs/protocol.md §1: a CONNECT (``:protocol webtransport``) per session, one
 client-initiated bidirectional stream per session for Skein frames. Frames the gateway sends are
-decoded per frame stream; nothing is answered automatically. It can also send plain HTTP/3
+decoded per frame stream (or, for a ``raw`` session, kept as the payload bytes the gateway sent,
+for a test to parse with the schema), and the session's HTTP/3 datagrams are kept as they came;
+nothing is answered automatically. It can also send plain HTTP/3
 requests (:meth:`WtClient.get`) or raw bytes on a stream of its own (:meth:`WtClient.raw`), records
 the streams the gateway resets, and can stop reading at the transport (``frozen``: every datagram
 from the gateway is dropped, so nothing it sends is ever acknowledged).
@@ -21,6 +23,7 @@ from typing import Any
 
 from gateway.engine import (
     H3_ALPN,
+    DatagramReceived,
     H3Connection,
     HeadersReceived,
     NetworkAddress,
@@ -29,6 +32,7 @@ from gateway.engine import (
     QuicEvent,
     StreamDataReceived,
     StreamReset,
+    datagram_session_id,
     quic_connect,
     send_stream_data,
 )
@@ -41,12 +45,19 @@ __all__ = ["WtClient", "WtSession", "wt_connect"]
 
 @dataclass(slots=True)
 class WtSession:
-    """One WebTransport session: its CONNECT stream, its frame stream and what arrived."""
+    """One WebTransport session: its CONNECT stream, its frame stream and what arrived.
+
+    ``frames`` holds the gateway's frames decoded by ``gateway.wire.codec``; a ``raw`` session
+    puts each frame's payload (the serialised ``ServerFrame``, length prefix removed) in
+    ``payloads`` instead. ``datagrams`` holds the payloads of the session's HTTP/3 datagrams."""
 
     connect_stream: int
     frame_stream: int
     status: asyncio.Future[int]
+    raw: bool = False
     frames: asyncio.Queue[f.ServerFrame] = field(default_factory=asyncio.Queue)
+    payloads: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+    datagrams: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
     decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(16 << 20))
     ended_by_gateway: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -107,11 +118,18 @@ class WtClient(QuicConnectionProtocol):
             # Our own WebTransport stream: the client-side H3 would parse it as HTTP/3 frames.
             session = self.sessions[event.stream_id]
             for payload in session.decoder.feed(event.data):
-                session.frames.put_nowait(decode_server_frame(payload))
+                if session.raw:
+                    session.payloads.put_nowait(bytes(payload))
+                else:
+                    session.frames.put_nowait(decode_server_frame(payload))
             if event.end_stream:
                 session.ended_by_gateway.set()
             return
         for h3_event in self.h3.handle_event(event):
+            if isinstance(h3_event, DatagramReceived):
+                owner = self._by_connect.get(datagram_session_id(h3_event))
+                if owner is not None:
+                    owner.datagrams.put_nowait(bytes(h3_event.data))
             if isinstance(h3_event, HeadersReceived):
                 status = int(dict(h3_event.headers).get(b":status", b"0"))
                 answered = self._by_connect.get(h3_event.stream_id)
@@ -121,8 +139,14 @@ class WtClient(QuicConnectionProtocol):
                 if request is not None and not request.done():
                     request.set_result(status)
 
-    def open_session(self, hello: f.Hello | None = None, path: str = "/v1/chat") -> WtSession:
-        """Send a CONNECT, open the session's frame stream and (by default) say Hello on it."""
+    def open_session(
+        self, hello: f.Hello | bytes | None = None, path: str = "/v1/chat", *, raw: bool = False
+    ) -> WtSession:
+        """Send a CONNECT, open the session's frame stream and (by default) say Hello on it.
+
+        ``hello`` as bytes is written to the frame stream as it is (frames the caller encoded,
+        length prefixes included; ``b""`` sends nothing). ``raw``: keep the gateway's frames as
+        payload bytes (:attr:`WtSession.payloads`) instead of decoding them."""
         connect_stream = self._quic.get_next_available_stream_id()
         self.h3.send_headers(
             connect_stream,
@@ -136,10 +160,13 @@ class WtClient(QuicConnectionProtocol):
         )
         frame_stream = self.h3.create_webtransport_stream(connect_stream)
         status: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        session = WtSession(connect_stream, frame_stream, status)
+        session = WtSession(connect_stream, frame_stream, status, raw)
         self.sessions[frame_stream] = session
         self._by_connect[connect_stream] = session
-        self.send(session, hello if hello is not None else f.Hello(client_name="wt"))
+        if isinstance(hello, bytes):
+            self.raw(frame_stream, hello)  # transmits the CONNECT even when there is no data
+        else:
+            self.send(session, hello if hello is not None else f.Hello(client_name="wt"))
         return session
 
     def send(self, session: WtSession, *frames: f.ClientFrame) -> None:
@@ -149,6 +176,14 @@ class WtClient(QuicConnectionProtocol):
 
     async def next_frame(self, session: WtSession, timeout_s: float = 10.0) -> f.ServerFrame:
         return await asyncio.wait_for(session.frames.get(), timeout_s)
+
+    async def next_payload(self, session: WtSession, timeout_s: float = 10.0) -> bytes:
+        """The next frame of a ``raw`` session: a serialised ``ServerFrame``."""
+        return await asyncio.wait_for(session.payloads.get(), timeout_s)
+
+    async def next_datagram(self, session: WtSession, timeout_s: float = 10.0) -> bytes:
+        """The payload of the session's next HTTP/3 datagram."""
+        return await asyncio.wait_for(session.datagrams.get(), timeout_s)
 
     def fin_frame_stream(self, session: WtSession) -> None:
         """FIN the session's frame stream (the documented end of a session, with the next)."""
