@@ -721,30 +721,33 @@ class Client:
         self._pending.clear()
 
     def _on_data(self, link: _Link, data: bytes, ended: bool) -> None:
-        if link is not self._link:
-            return
-        try:
-            events = self.session.receive_data(data, self._loop.time())
-        except GatewayError as exc:
-            log.warning("gateway sent an undecodable frame: %s", exc)
-            link.protocol.close(error_code=0x101, reason_phrase="bad frame from gateway")
-            return
-        for event in events:
-            self._dispatch(event)
-        if ended:
+        if self._take(link, self.session.receive_data, data, "frame") and ended:
             self._link_lost(link, "the gateway ended the session stream")
 
     def _on_datagram(self, link: _Link, payload: bytes) -> None:
+        self._take(link, self.session.receive_datagram, payload, "datagram")
+
+    def _take(
+        self,
+        link: _Link,
+        receive: Callable[[bytes, float], list[SessionEvent]],
+        data: bytes,
+        what: str,
+    ) -> bool:
+        """Feed the current link's bytes from the gateway to the session and act on its events.
+        False if the link is not the current one, or the bytes are garbage (the connection is
+        then closed)."""
         if link is not self._link:
-            return
+            return False
         try:
-            events = self.session.receive_datagram(payload, self._loop.time())
+            events = receive(data, self._loop.time())
         except GatewayError as exc:
-            log.warning("gateway sent an undecodable datagram: %s", exc)
-            link.protocol.close(error_code=0x101, reason_phrase="bad datagram from gateway")
-            return
+            log.warning("gateway sent an undecodable %s: %s", what, exc)
+            link.protocol.close(error_code=0x101, reason_phrase=f"bad {what} from gateway")
+            return False
         for event in events:
             self._dispatch(event)
+        return True
 
     def _dispatch(self, event: SessionEvent) -> None:
         if isinstance(event, MessageEvent):

@@ -249,9 +249,9 @@ async def test_lz4_clients_get_big_batches_compressed(
 # ---- a re-shard -----------------------------------------------------------------------------------
 
 HOT = ShardingConfig(
-    split_above_msgs_s=40,
+    split_above_per_s=40,
     split_after_s=0.3,
-    merge_below_msgs_s=5,
+    merge_below_per_s=5,
     merge_after_s=60.0,
     cooldown_s=0.3,
     max_shards=2,
