@@ -134,8 +134,8 @@ class OverloadPolicy:
         return self._on
 
     def drained(self, now: float, *, exhausted: bool) -> None:
-        """The server read the socket: ``exhausted`` if it stopped at its limit with datagrams
-        still waiting, False if it read the socket empty."""
+        """The server read the socket: ``exhausted`` if datagrams were still waiting at ``now``
+        (it stopped reading at its limit, or is still reading), False if it read it empty."""
         now = self._clock(now)
         if not exhausted:
             self._behind_since = None

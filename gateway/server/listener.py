@@ -51,6 +51,7 @@ ADMISSION_OUTCOMES = ("accepted", "retried", "dropped")
 _DECISION_REUSE_S = 0.25
 _DECISIONS_KEPT = 4096
 _DRAIN_MAX = 64  # datagrams read in one callback besides the one asyncio hands over
+_REPORT_EVERY = 16  # datagrams read between reports to the overload policy within a callback
 PROBE_INTERVAL_S = 0.1  # the load probe's period (event-loop lag, datagrams waiting)
 KERNEL_EVERY = 5  # probes between reads of the kernel's counters (/proc/net/udp)
 _MAX_DATAGRAM = 65535
@@ -144,11 +145,16 @@ class Listener(QuicServer):
         """Handle up to ``_DRAIN_MAX`` more datagrams already waiting on the socket in this
         callback: asyncio reads one datagram per event-loop turn, and a fan-out's ACKs arrive
         by the hundred. Bounded, so timers and other work still get their turn. True if it
-        stopped at the bound (more may wait), False if it read the socket empty."""
+        stopped at the bound (more may wait), False if it read the socket empty. Every
+        ``_REPORT_EVERY`` datagrams it tells the overload policy that datagrams were waiting:
+        handshakes make a callback long (65 of them take about 0.2 s on aioquic), and a flood
+        must switch Retry on within the callback that shows it, not after."""
         reader = self._reader
         if reader is None:
             return False
-        for _ in range(_DRAIN_MAX):
+        for read in range(_DRAIN_MAX):
+            if read and read % _REPORT_EVERY == 0:
+                self.guard.overload.drained(self._loop.time(), exhausted=True)
             try:
                 data, addr = reader.recvfrom(_MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
