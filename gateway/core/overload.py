@@ -78,7 +78,7 @@ class OverloadPolicy:
     seen. Nothing here reads a clock or a socket, and its memory is constant.
 
     ``episodes`` counts the switches on by the reason that made them (``standing_queue``,
-    ``loop_lag``, ``drops``, ``queue``), for metrics.
+    ``loop_lag``, ``drops``, ``queue``), for metrics; ``reason`` is the latest one's.
     """
 
     __slots__ = (
@@ -92,6 +92,7 @@ class OverloadPolicy:
         "config",
         "episodes",
         "last_lag_s",
+        "reason",
     )
 
     def __init__(self, config: OverloadConfig | None = None) -> None:
@@ -103,6 +104,7 @@ class OverloadPolicy:
             "queue": 0,
         }
         self.last_lag_s = 0.0
+        self.reason: str | None = None
         self._on = False
         self._busy_until = -math.inf
         self._behind_since: float | None = None
@@ -119,6 +121,7 @@ class OverloadPolicy:
         if not self.active(now):
             self._on = True
             self.episodes[reason] += 1
+            self.reason = reason
         self._busy_until = max(self._busy_until, now + self.config.calm_s)
 
     def _warm(self, now: float) -> None:

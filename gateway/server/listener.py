@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import os
 import socket
 from collections import OrderedDict
@@ -44,6 +45,8 @@ from gateway.server.sendmany import BatchingTransport, batching_enabled
 from gateway.server.udp import BufferSizes, kernel_counts, size_buffers
 
 __all__ = ["ADMISSION_OUTCOMES", "Listener", "listen", "parse_initial"]
+
+log = logging.getLogger("skein.server")
 
 ADMISSION_OUTCOMES = ("accepted", "retried", "dropped")
 # A ClientHello may span several Initial datagrams (post-quantum key shares do), all for one
@@ -100,6 +103,7 @@ class Listener(QuicServer):
         self._probe: asyncio.TimerHandle | None = None
         self._probe_due = 0.0
         self._probes = 0
+        self._overloaded = False  # as last logged
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the socket's transport, wrapped in a BatchingTransport unless batching is off:
@@ -182,7 +186,25 @@ class Listener(QuicServer):
             queued, drops = kernel_counts({reader.getsockname()[1]})
             buffer = reader.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)  # as /proc counts
             overload.kernel(now, queued_bytes=queued, buffer_bytes=buffer, drops=drops)
+        self._log_overload(overload.active(now))
         self._arm_probe()
+
+    def _log_overload(self, active: bool) -> None:
+        """One line when the gateway becomes overloaded and one when it is no longer."""
+        if active == self._overloaded:
+            return
+        self._overloaded = active
+        if not active:
+            log.info("load back to normal", extra={"event": "overload_over"})
+            return
+        reason = self.guard.overload.reason
+        retrying = " (new clients are asked to Retry)" if self.guard.retry == "auto" else ""
+        log.warning(
+            "overloaded: %s%s",
+            reason,
+            retrying,
+            extra={"event": "overload", "reason": reason, "retry": self.guard.retry},
+        )
 
     def _waiting(self) -> bool:
         """True if a datagram waits on the socket (peeked at, not read)."""

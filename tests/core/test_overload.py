@@ -99,6 +99,7 @@ def test_each_hot_report_switches_it_on_and_says_why(
         now += 0.05
     assert policy.active(now)
     assert policy.episodes[reason] == 1 and sum(policy.episodes.values()) == 1
+    assert policy.reason == reason
     assert not policy.active(now + CFG.calm_s)
 
 

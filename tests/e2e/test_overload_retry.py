@@ -9,10 +9,13 @@ new clients must get in directly again.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from gateway.core.config import CoreConfig
 from gateway.engine import H3_ALPN, QuicConfiguration, QuicConnection
@@ -61,8 +64,9 @@ def retries_received(sock: socket.socket) -> int:
 
 
 async def test_retry_auto_switches_on_under_a_flood_it_cannot_read_and_off_after(
-    certs: CertPaths, ca_file: Path
+    certs: CertPaths, ca_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="skein.server")
     limits = GENEROUS
     assert limits.retry == "auto" and limits.handshake_rate_per_s == 500  # the defaults
     server = GatewayServer(
@@ -122,6 +126,10 @@ async def test_retry_auto_switches_on_under_a_flood_it_cannot_read_and_off_after
             retried = server.admissions["retried"]
             await asyncio.wait_for(chat_once(server, ca_file, "newcomer"), 30)
             assert server.admissions["retried"] == retried
+            # Logged once as it began and once as it ended (the probe logs it, 0.1 s apart).
+            events = [getattr(r, "event", None) for r in caplog.records]
+            logged = [e for e in events if e in ("overload", "overload_over")]
+            assert logged[:1] == ["overload"] and logged[-1:] == ["overload_over"], logged
             # And the established clients are still there.
             ack = await talker.publish("lobby", b"after")
             async with asyncio.timeout(30):
