@@ -224,8 +224,9 @@ class HandshakeGuard:
     ``retry`` is ``"off"`` (never), ``"always"`` (every client not yet validated) or ``"auto"``
     (only under a handshake flood: while fewer than half of the handshake bucket's ``burst``
     tokens are left, that is while handshakes arrive faster than ``rate_per_s``, or while the
-    gateway is overloaded by its own measure, ``overload``: a flood the gateway cannot even read
-    fast enough never drains the bucket; the server reports its load there). A Retry costs
+    gateway is overloaded by its own measure with new clients arriving,
+    ``overload.retry_advised``: a flood the gateway cannot even read fast enough never drains
+    the bucket; the server reports its load there). A Retry costs
     the gateway one small stateless packet, sent only in answer to an Initial that is at least
     1200 bytes, so it cannot amplify; handshakes from addresses that answered it (``validated``)
     are still rate limited. Spoofed source addresses never get past a Retry.
@@ -253,7 +254,7 @@ class HandshakeGuard:
     def retrying(self, now: float) -> bool:
         """True while a new client without a Retry token would be asked to Retry."""
         if self.retry == "auto":
-            return self.overload.active(now) or self.under_flood(now)
+            return self.overload.retry_advised(now) or self.under_flood(now)
         return self.retry == "always"
 
     def admit(self, now: float, *, validated: bool) -> Admission:

@@ -25,7 +25,13 @@ report                 HOT                                             WARM
                                                                        ``initials_warm_per_s``
 =====================  ==============================================  =======================
 
-The overload goes off once no HOT or WARM report has come for ``calm_s``. The WARM band is the
+The overload goes off once no HOT or WARM report has come for ``calm_s``.
+
+Retry is advised (:meth:`OverloadPolicy.retry_advised`) only while the gateway is overloaded *and*
+new clients arrive at ``initials_retry_per_s`` or more: a Retry helps only against new clients,
+and an overload of established traffic gains nothing from making the odd reconnecting client
+pay a round trip (the soak's loaded gateway was overloaded a third of the time, with under one
+new client a second). The WARM band is the
 hysteresis: once Retry answers a flood, reading it is cheap and the load signals calm down, but
 the flood's new clients keep it on; without them it would flap, letting a burst of expensive
 handshakes in every ``calm_s``.
@@ -53,6 +59,7 @@ class OverloadConfig:
     queue_hot_ratio: float = 0.5
     queue_warm_ratio: float = 0.125
     initials_warm_per_s: float = 100.0
+    initials_retry_per_s: float = 20.0
     initials_window_s: float = 0.5
     calm_s: float = 2.0
 
@@ -86,6 +93,7 @@ class OverloadPolicy:
         "_busy_until",
         "_drops_seen",
         "_initials",
+        "_initials_before",
         "_latest",
         "_on",
         "_window_start",
@@ -110,6 +118,7 @@ class OverloadPolicy:
         self._behind_since: float | None = None
         self._drops_seen: int | None = None
         self._initials = 0
+        self._initials_before = 0  # in the window just before the current one
         self._window_start: float | None = None
         self._latest = -math.inf
 
@@ -178,9 +187,27 @@ class OverloadPolicy:
         """A new client's first Initial (one per connection attempt, without a Retry token)."""
         now = self._clock(now)
         window = self.config.initials_window_s
-        if self._window_start is None or now - self._window_start >= window:
+        start = self._window_start
+        if start is None or now - start >= window:
+            self._initials_before = (
+                self._initials if start is not None and now - start < 2 * window else 0
+            )
             self._window_start = now
             self._initials = 0
         self._initials += 1
         if self._initials >= self.config.initials_warm_per_s * window:
             self._warm(now)
+
+    def retry_advised(self, now: float) -> bool:
+        """True while the gateway is overloaded and new clients arrive at
+        ``initials_retry_per_s`` or more (counted over the current and the previous window, the
+        larger): then a Retry for new clients spares the gateway handshakes it cannot afford."""
+        if not self.active(now) or self._window_start is None:
+            return False
+        window = self.config.initials_window_s
+        age = self._latest - self._window_start
+        if age >= 2 * window:
+            return False
+        # Once the current window is over, it is the previous one.
+        counts = (self._initials, self._initials_before if age < window else 0)
+        return max(counts) >= self.config.initials_retry_per_s * window

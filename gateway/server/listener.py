@@ -198,7 +198,9 @@ class Listener(QuicServer):
             log.info("load back to normal", extra={"event": "overload_over"})
             return
         reason = self.guard.overload.reason
-        retrying = " (new clients are asked to Retry)" if self.guard.retry == "auto" else ""
+        retrying = (
+            " (new clients arriving fast are asked to Retry)" if self.guard.retry == "auto" else ""
+        )
         log.warning(
             "overloaded: %s%s",
             reason,

@@ -189,3 +189,31 @@ def test_only_auto_listens_to_the_load(retry: str) -> None:
 def test_overload_config_refuses_unsafe_values(kw: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         OverloadConfig(**kw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_any_report, max_size=60))
+def test_retry_is_advised_only_while_overloaded(reports: list[Any]) -> None:
+    policy, now = OverloadPolicy(), 100.0
+    for step, kind, arg in reports:
+        now += step
+        feed(policy, now, kind, arg)
+        assert not policy.retry_advised(now) or policy.active(now)
+
+
+def test_an_overload_without_new_clients_asks_nobody_to_retry() -> None:
+    """The soak's case: the gateway is behind with its established clients, and a client
+    reconnects now and then. Retry would only cost it a round trip: it is not advised; a burst
+    of new clients is another matter."""
+    guard = HandshakeGuard(rate_per_s=500, burst=1000, retry="auto")
+    now = 0.0
+    for _ in range(40):  # 4 s of standing queue, a reconnect every second
+        guard.overload.drained(now, exhausted=True)
+        if now % 1.0 < 0.1:
+            assert guard.admit(now, validated=False) is Admission.ACCEPT
+        now += 0.1
+    assert guard.overload.active(now)
+    decisions = [guard.admit(now + i * 0.01, validated=False) for i in range(30)]
+    window = CFG.initials_retry_per_s * CFG.initials_window_s
+    assert decisions.count(Admission.ACCEPT) == window - 1  # then new clients are arriving
+    assert set(decisions[int(window) :]) == {Admission.RETRY}
