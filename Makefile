@@ -56,8 +56,9 @@ bench-flat: $(STAMP) certs  ## latency flat over 5 minutes? 200 x 100 msgs/s, p5
 profile: $(STAMP) certs  ## where the gateway's CPU goes per delivered message (py-spy; PROFILE_ARGS="--engine qh3")
 	$(BIN)/python -m bench.profile $(PROFILE_ARGS)
 
-soak: $(STAMP) certs  ## soak the gateway (~7 min): kill -9 + restart, 5% loss, slow consumers; fails on a lost acked reliable message or rising memory
+soak: $(STAMP) certs  ## soak the gateway (~9 min): kill -9 + restart, 5% loss, slow consumers; then 20 kill -9s between publish and retry, and slow-reader attacks; fails on a lost acked reliable message, a duplicate, or rising memory
 	$(BIN)/python -m loadgen.soak $(SOAK_ARGS)
+	SKEIN_SOAK=1 $(BIN)/python -m pytest -q -s tests/soak
 
 demo: $(STAMP) certs  ## the main job: gateway + a load run across network handoffs (migration vs reconnect), report and plot
 	$(BIN)/python -m loadgen.demo

@@ -176,13 +176,15 @@ def gateway_process(
     timeout_s: float = 30.0,
     engine: str | None = None,
     admin: bool = False,
+    code_dir: str | None = None,
 ) -> Iterator[RunningGateway]:
     """Start ``skein serve`` with ``config_toml`` on ``port`` (a free one by default) with
     ``certs`` (the development ones by default) and the QUIC ``engine`` (``aioquic`` or
     ``qh3``; by default this process's, from ``SKEIN_QUIC_ENGINE``); with ``admin`` its admin port serves ``/metrics`` (read with
-    :meth:`RunningGateway.metrics`). Stops it on exit. Used by the benchmarks and by tests that
+    :meth:`RunningGateway.metrics`); with ``code_dir`` the gateway's code is that tree's (it runs
+    there: ``python -m`` puts the working directory first on its path). Stops it on exit. Used by the benchmarks and by tests that
     need a gateway in its own process (to kill it, say)."""
-    certs = certs or ensure_dev_certs(Path("certs"))
+    certs = certs or ensure_dev_certs(Path("certs").resolve())
     engine = engine or os.environ.get("SKEIN_QUIC_ENGINE") or "aioquic"
     port = port or free_udp_port()
     admin_port = free_tcp_port() if admin else -1
@@ -194,6 +196,7 @@ def gateway_process(
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=code_dir,
     )
     gw = RunningGateway(proc, port, certs, engine, admin_port)
     try:

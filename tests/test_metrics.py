@@ -163,6 +163,7 @@ class _Idle:
         self.migrations: Counter[str] = Counter()
         self.admissions: Counter[str] = Counter()
         self.udp_buffers = BufferSizes(0, 0, 0)
+        self.guard = None
 
     def udp_drops(self) -> int:
         return 0

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Generic, TypeVar
 
+from gateway.core.overload import OverloadPolicy
+
 __all__ = [
     "RETRY_MODES",
     "Admission",
@@ -221,31 +223,48 @@ class HandshakeGuard:
 
     ``retry`` is ``"off"`` (never), ``"always"`` (every client not yet validated) or ``"auto"``
     (only under a handshake flood: while fewer than half of the handshake bucket's ``burst``
-    tokens are left, that is while handshakes arrive faster than ``rate_per_s``). A Retry costs
+    tokens are left, that is while handshakes arrive faster than ``rate_per_s``, or while the
+    gateway is overloaded by its own measure with new clients arriving,
+    ``overload.retry_advised``: a flood the gateway cannot even read fast enough never drains
+    the bucket; the server reports its load there). A Retry costs
     the gateway one small stateless packet, sent only in answer to an Initial that is at least
     1200 bytes, so it cannot amplify; handshakes from addresses that answered it (``validated``)
     are still rate limited. Spoofed source addresses never get past a Retry.
     """
 
-    __slots__ = ("_bucket", "retry")
+    __slots__ = ("_bucket", "overload", "retry")
 
-    def __init__(self, rate_per_s: float, burst: float, retry: str = "auto") -> None:
+    def __init__(
+        self,
+        rate_per_s: float,
+        burst: float,
+        retry: str = "auto",
+        overload: OverloadPolicy | None = None,
+    ) -> None:
         if retry not in RETRY_MODES:
             raise ValueError(f"retry must be one of {', '.join(RETRY_MODES)}, got {retry!r}")
         self._bucket = TokenBucket(rate_per_s, burst)
         self.retry = retry
+        self.overload = overload or OverloadPolicy()
 
     def under_flood(self, now: float) -> bool:
         """True while fewer than half of the handshake burst is left."""
         return self._bucket.available(now) < self._bucket.burst / 2
 
+    def retrying(self, now: float) -> bool:
+        """True while a new client without a Retry token would be asked to Retry."""
+        if self.retry == "auto":
+            return self.overload.retry_advised(now) or self.under_flood(now)
+        return self.retry == "always"
+
     def admit(self, now: float, *, validated: bool) -> Admission:
         """Decide for a new connection's first Initial. ``validated``: it carried a valid Retry
-        token. Only ACCEPT takes from the handshake rate."""
-        if not validated and (
-            self.retry == "always" or (self.retry == "auto" and self.under_flood(now))
-        ):
-            return Admission.RETRY
+        token. Only ACCEPT takes from the handshake rate; an unvalidated Initial is reported to
+        ``overload`` (new clients arriving fast keep an overload on)."""
+        if not validated:
+            self.overload.initial(now)
+            if self.retrying(now):
+                return Admission.RETRY
         return Admission.ACCEPT if self._bucket.take(now) else Admission.DROP
 
 
@@ -271,8 +290,8 @@ class LimitsConfig:
     - ``handshake_rate_per_s`` / ``handshake_burst``: new QUIC handshakes per second for the
       whole gateway (they cost public-key operations); over it, Initials are dropped.
     - ``retry``: QUIC Retry (address validation before any handshake state): ``"off"``,
-      ``"always"``, or ``"auto"`` (only while handshakes exceed their rate; see
-      :class:`HandshakeGuard`).
+      ``"always"``, or ``"auto"`` (only while handshakes exceed their rate or the gateway is
+      overloaded; see :class:`HandshakeGuard` and :mod:`gateway.core.overload`).
     - ``violations_before_close``: permission refusals (FORBIDDEN, UNAUTHENTICATED) a session
       may collect before it is closed; the last one is sent fatal. Rate refusals (RATE_LIMITED)
       don't count: they cost the sender only its wait.

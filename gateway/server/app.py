@@ -29,6 +29,7 @@ from gateway.core.hub import (
     SendDatagram,
     StoreRead,
 )
+from gateway.core.limits import HandshakeGuard
 from gateway.engine import (
     H3_ALPN,
     NetworkAddress,
@@ -304,6 +305,11 @@ class GatewayServer:
     def admissions(self) -> collections.Counter[str]:
         """New connections' first Initials by outcome: accepted, retried, dropped."""
         return self._server.admissions if self._server is not None else collections.Counter()
+
+    @property
+    def guard(self) -> HandshakeGuard | None:
+        """The listener's handshake admission and overload policy (None before start())."""
+        return self._server.guard if self._server is not None else None
 
     @property
     def udp_buffers(self) -> BufferSizes:

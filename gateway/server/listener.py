@@ -20,12 +20,19 @@ one event-loop turn (a tick's fan-out: hundreds of connections' ``transmit()``) 
 makes them send is flushed when its callback returns (``hold``/``release``), not a turn later.
 The environment variable ``SKEIN_SENDMMSG=0`` turns batching off (asyncio's transport is used as
 before: for A/B measurements); it is off as well where the C extension was not built.
+
+Load: the listener reports what it sees of its own load to the guard's
+:class:`~gateway.core.overload.OverloadPolicy`, which switches ``retry = "auto"`` on: after each
+read of the socket whether it was left with datagrams waiting, every ``PROBE_INTERVAL_S`` how
+late that timer ran (event-loop lag) and whether datagrams were waiting, and every
+``KERNEL_EVERY`` probes the kernel's receive queue and drop count for the socket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import os
 import socket
 from collections import OrderedDict
@@ -35,9 +42,11 @@ from typing import Any, cast
 from gateway.core.limits import Admission, HandshakeGuard
 from gateway.engine import NetworkAddress, QuicConfiguration, QuicServer
 from gateway.server.sendmany import BatchingTransport, batching_enabled
-from gateway.server.udp import BufferSizes, size_buffers
+from gateway.server.udp import BufferSizes, kernel_counts, size_buffers
 
 __all__ = ["ADMISSION_OUTCOMES", "Listener", "listen", "parse_initial"]
+
+log = logging.getLogger("skein.server")
 
 ADMISSION_OUTCOMES = ("accepted", "retried", "dropped")
 # A ClientHello may span several Initial datagrams (post-quantum key shares do), all for one
@@ -45,6 +54,9 @@ ADMISSION_OUTCOMES = ("accepted", "retried", "dropped")
 _DECISION_REUSE_S = 0.25
 _DECISIONS_KEPT = 4096
 _DRAIN_MAX = 64  # datagrams read in one callback besides the one asyncio hands over
+_REPORT_EVERY = 16  # datagrams read between reports to the overload policy within a callback
+PROBE_INTERVAL_S = 0.1  # the load probe's period (event-loop lag, datagrams waiting)
+KERNEL_EVERY = 5  # probes between reads of the kernel's counters (/proc/net/udp)
 _MAX_DATAGRAM = 65535
 _MIN_INITIAL_BYTES = 1200  # RFC 9000 14.1: a client's first Initial is padded to at least this
 _QUIC_V1 = 0x00000001
@@ -87,6 +99,11 @@ class Listener(QuicServer):
         self.batching: BatchingTransport | None = None  # None: one sendto per datagram
         self.datagrams_received = 0
         self._reader: socket.socket | None = None
+        self._drain_enabled = False
+        self._probe: asyncio.TimerHandle | None = None
+        self._probe_due = 0.0
+        self._probes = 0
+        self._overloaded = False  # as last logged
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the socket's transport, wrapped in a BatchingTransport unless batching is off:
@@ -95,13 +112,18 @@ class Listener(QuicServer):
         if batching_enabled():
             self.batching = BatchingTransport(cast(asyncio.DatagramTransport, transport))
             self._transport = self.batching
-        if os.environ.get("SKEIN_RECV_DRAIN", "1") != "0":
-            # A second handle on the same socket (same open file, non-blocking) to read what
-            # waits without a loop turn per datagram; closed with the transport.
-            fd = transport.get_extra_info("socket").fileno()
-            self._reader = socket.socket(fileno=os.dup(fd))
+        # A second handle on the same socket (same open file, non-blocking) to read what waits
+        # without a loop turn per datagram, and to see whether anything waits; closed with the
+        # transport.
+        fd = transport.get_extra_info("socket").fileno()
+        self._reader = socket.socket(fileno=os.dup(fd))
+        self._drain_enabled = os.environ.get("SKEIN_RECV_DRAIN", "1") != "0"
+        self._arm_probe()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -116,28 +138,85 @@ class Listener(QuicServer):
             batching.hold()
         try:
             self._receive(data, addr)
-            self._drain()
+            if self._drain_enabled:
+                exhausted = self._drain()
+                self.guard.overload.drained(self._loop.time(), exhausted=exhausted)
         finally:
             if batching is not None:
                 batching.release()
 
-    def _drain(self) -> None:
+    def _drain(self) -> bool:
         """Handle up to ``_DRAIN_MAX`` more datagrams already waiting on the socket in this
         callback: asyncio reads one datagram per event-loop turn, and a fan-out's ACKs arrive
-        by the hundred. Bounded, so timers and other work still get their turn."""
+        by the hundred. Bounded, so timers and other work still get their turn. True if it
+        stopped at the bound (more may wait), False if it read the socket empty. Every
+        ``_REPORT_EVERY`` datagrams it tells the overload policy that datagrams were waiting:
+        handshakes make a callback long (65 of them take about 0.2 s on aioquic), and a flood
+        must switch Retry on within the callback that shows it, not after."""
         reader = self._reader
         if reader is None:
-            return
-        for _ in range(_DRAIN_MAX):
+            return False
+        for read in range(_DRAIN_MAX):
+            if read and read % _REPORT_EVERY == 0:
+                self.guard.overload.drained(self._loop.time(), exhausted=True)
             try:
                 data, addr = reader.recvfrom(_MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
-                return
+                return False
             except OSError as exc:  # an ICMP error: reported as asyncio would
                 self.error_received(exc)
-                return
+                return False
             self.datagrams_received += 1
             self._receive(data, addr)
+        return True
+
+    def _arm_probe(self) -> None:
+        self._probe_due = self._loop.time() + PROBE_INTERVAL_S
+        self._probe = self._loop.call_at(self._probe_due, self._run_probe)
+
+    def _run_probe(self) -> None:
+        """Report the event loop's lag, whether datagrams wait, and now and then the kernel's
+        counters, to the overload policy; then run again in ``PROBE_INTERVAL_S``."""
+        now = self._loop.time()
+        overload = self.guard.overload
+        overload.probe(now, lag_s=now - self._probe_due, waiting=self._waiting())
+        self._probes += 1
+        reader = self._reader
+        if self._probes % KERNEL_EVERY == 0 and reader is not None:
+            queued, drops = kernel_counts({reader.getsockname()[1]})
+            buffer = reader.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)  # as /proc counts
+            overload.kernel(now, queued_bytes=queued, buffer_bytes=buffer, drops=drops)
+        self._log_overload(overload.active(now))
+        self._arm_probe()
+
+    def _log_overload(self, active: bool) -> None:
+        """One line when the gateway becomes overloaded and one when it is no longer."""
+        if active == self._overloaded:
+            return
+        self._overloaded = active
+        if not active:
+            log.info("load back to normal", extra={"event": "overload_over"})
+            return
+        reason = self.guard.overload.reason
+        retrying = (
+            " (new clients arriving fast are asked to Retry)" if self.guard.retry == "auto" else ""
+        )
+        log.warning(
+            "overloaded: %s%s",
+            reason,
+            retrying,
+            extra={"event": "overload", "reason": reason, "retry": self.guard.retry},
+        )
+
+    def _waiting(self) -> bool:
+        """True if a datagram waits on the socket (peeked at, not read)."""
+        if self._reader is None:
+            return False
+        try:
+            self._reader.recv(1, socket.MSG_PEEK)
+        except OSError:  # BlockingIOError: nothing waits (or an ICMP error: reported later)
+            return False
+        return True
 
     def _receive(self, data: bytes | str, addr: NetworkAddress) -> None:
         initial = parse_initial(data) if len(data) >= _MIN_INITIAL_BYTES else None  # type: ignore[arg-type]

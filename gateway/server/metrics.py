@@ -148,6 +148,7 @@ class GatewayCollector:
             server.admissions,
             ADMISSION_OUTCOMES,
         )
+        yield from self._overload()
         yield _counter(
             "skein_connections_refused_total",
             "Connections closed with CONNECTION_REFUSED after the handshake (connection caps).",
@@ -251,6 +252,29 @@ class GatewayCollector:
             stats.replayed,
         )
         yield _counter("skein_fetches_total", "Fetch requests answered.", stats.fetches)
+
+    def _overload(self) -> Iterator[Metric]:
+        guard = self._server.guard
+        yield _gauge(
+            "skein_retry_active",
+            "1 while new clients are asked to prove their address with a QUIC Retry (always "
+            "with retry = always; with auto, under a handshake flood or while overloaded).",
+            guard is not None and guard.retrying(self._server.now()),
+        )
+        episodes = CounterMetricFamily(
+            "skein_overload_episodes_total",
+            "Times the gateway found itself overloaded (retry = auto then sends Retries), by "
+            "what showed it: standing_queue, loop_lag, drops, queue.",
+            labels=["reason"],
+        )
+        for reason, count in (guard.overload.episodes if guard is not None else {}).items():
+            episodes.add_metric([reason], count)
+        yield episodes
+        yield _gauge(
+            "skein_event_loop_lag_seconds",
+            "How late the listener's 100 ms load probe last ran (event-loop lag).",
+            guard.overload.last_lag_s if guard is not None else 0.0,
+        )
 
     def _rooms(self) -> Iterator[Metric]:
         stats = self._server.hub.stats

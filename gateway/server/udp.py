@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "BufferSizes",
+    "kernel_counts",
     "kernel_drops",
     "kernel_receive_queue",
     "log_buffer_sizes",
@@ -110,6 +111,12 @@ def kernel_receive_queue(ports: Collection[int]) -> int:
     Near 0 while the gateway keeps up; it grows when the loop falls behind, a delay no
     timing inside the gateway sees. 0 where there is no /proc/net/udp."""
     return sum(row[0] for row in _sockets(ports))
+
+
+def kernel_counts(ports: Collection[int]) -> tuple[int, int]:
+    """``(kernel_receive_queue(ports), kernel_drops(ports))`` from one read of the tables."""
+    rows = _sockets(ports)
+    return sum(row[0] for row in rows), sum(row[1] for row in rows)
 
 
 def _sockets(ports: Collection[int]) -> list[tuple[int, int]]:
