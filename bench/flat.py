@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import math
 import os
 import sys
 import time
@@ -41,6 +40,7 @@ from rich.table import Table
 from bench.common import machine_info
 from bench.gateway import RunningGateway
 from bench.load import BODY_BYTES, Fleet, in_hot_room, measure_window
+from gateway.core.config import require_int, require_number
 from gateway.engine import ENGINES
 from loadgen.stats import Summary, merge_encoded
 
@@ -67,21 +67,18 @@ class FlatConfig:
     ratio_limit: float = 1.5
 
     def __post_init__(self) -> None:
-        bounds: dict[str, tuple[float, float]] = {
-            "duration_s": (1.0, 3600.0),
-            "interval_s": (0.5, 600.0),
-            "compare_s": (0.5, 1800.0),
-            "warmup_s": (0.0, 600.0),
-            "subscribers": (1, 10_000),
-            "rate_per_s": (0.1, 10_000.0),
-            "processes": (1, 64),
-            "sampled_per_process": (1, 10_000),
-            "ratio_limit": (1.0, 100.0),
-        }
-        for name, (low, high) in bounds.items():
-            value = getattr(self, name)
-            if not (math.isfinite(value) and low <= value <= high):
-                raise ValueError(f"{name} must be {low:g}..{high:g}, not {value!r}")
+        for name, low, high in (
+            ("duration_s", 1.0, 3600.0),
+            ("interval_s", 0.5, 600.0),
+            ("compare_s", 0.5, 1800.0),
+            ("warmup_s", 0.0, 600.0),
+            ("rate_per_s", 0.1, 10_000.0),
+            ("ratio_limit", 1.0, 100.0),
+        ):
+            require_number(self, name, low, high)
+        require_int(self, "subscribers", 1, 10_000)
+        require_int(self, "processes", 1, 64)
+        require_int(self, "sampled_per_process", 1, 10_000)
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         if self.compare_s < self.interval_s:

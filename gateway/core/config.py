@@ -13,7 +13,7 @@ from typing import Any
 from gateway.core.limits import LimitsConfig
 from gateway.core.sharder import ShardingConfig
 
-__all__ = ["CoreConfig", "rename_old_keys", "require_int", "require_number"]
+__all__ = ["MAX_DATAGRAM_BYTES", "CoreConfig", "rename_old_keys", "require_int", "require_number"]
 
 _NODE_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _MAX_TICK_MS = 1000.0

@@ -88,11 +88,18 @@ def fan_out_shared(
     datagrams, sent first, and the rest on the stream: a lost packet then delays only the chatter
     in it, and their clients pass over lost chatter (``Message.chatter_before``).
     """
-    if live and config.chatter_datagram_bytes:
-        by_datagram = tuple(c for c in conn_ids if sessions[c].datagrams)
-        chatter = [e.encoded for e in ready if e.message.priority is f.Priority.CHATTER]
-        if by_datagram and chatter:
-            conn_ids = tuple(c for c in conn_ids if not sessions[c].datagrams)
+    chatter = (
+        [e.encoded for e in ready if e.message.priority is f.Priority.CHATTER]
+        if live and config.chatter_datagram_bytes
+        else None
+    )
+    if chatter:  # one pass over the subscribers, and only for batches with chatter
+        split: tuple[list[int], list[int]] = ([], [])  # (stream only, datagrams)
+        for c in conn_ids:
+            split[sessions[c].datagrams].append(c)
+        by_datagram = tuple(split[1])
+        if by_datagram:
+            conn_ids = tuple(split[0])
             too_big = _send_datagrams(room, chatter, by_datagram, sessions, config, stats, out)
             rest = [
                 e.encoded

@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
-from gateway.core.admission import CAPABILITIES, Admission
+from gateway.core.admission import Admission
 from gateway.core.auth import Authenticator
 from gateway.core.backpressure import Backpressure
 from gateway.core.boundary import Unexpected
@@ -49,8 +49,6 @@ from gateway.core.outputs import (
     RoomInfo,
     RoomReclaimed,
     Send,
-    SendDatagram,
-    StoreRead,
 )
 from gateway.core.pacing import Pacer
 from gateway.core.room import Room, RoomMode
@@ -64,20 +62,7 @@ from gateway.wire import frames as f
 from gateway.wire.codec import decode_client_frame, encode_server_frame
 from gateway.wire.framing import delimit
 
-__all__ = [
-    "CAPABILITIES",
-    "Close",
-    "Hub",
-    "LoadRoom",
-    "Output",
-    "Persist",
-    "RoomChanged",
-    "RoomInfo",
-    "RoomReclaimed",
-    "Send",
-    "SendDatagram",
-    "StoreRead",
-]
+__all__ = ["Hub"]
 
 _VIOLATIONS = frozenset({ErrorCode.FORBIDDEN, ErrorCode.UNAUTHENTICATED})
 

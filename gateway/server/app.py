@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from functools import partial
 
 from gateway.core.auth import Authenticator
-from gateway.core.hub import (
+from gateway.core.hub import Hub
+from gateway.core.limits import HandshakeGuard
+from gateway.core.outputs import (
     Close,
-    Hub,
     LoadRoom,
     Output,
     Persist,
@@ -29,7 +30,6 @@ from gateway.core.hub import (
     SendDatagram,
     StoreRead,
 )
-from gateway.core.limits import HandshakeGuard
 from gateway.engine import (
     H3_ALPN,
     NetworkAddress,

@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gateway.core.hub import Hub, LoadRoom, Persist, RoomChanged, RoomReclaimed, StoreRead
+from gateway.core.hub import Hub
+from gateway.core.outputs import LoadRoom, Persist, RoomChanged, RoomReclaimed, StoreRead
 from gateway.core.room import DEDUPE_WINDOW
 from gateway.errors import GatewayError
 from gateway.store.base import Store, StoreConfig, next_cursor, open_store

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.config import MAX_DATAGRAM_BYTES, CoreConfig
-from gateway.core.hub import Hub, Send, SendDatagram
+from gateway.core.hub import Hub
+from gateway.core.outputs import Send, SendDatagram
 from gateway.core.shard import Shard
 from gateway.wire import frames as f
 from gateway.wire.codec import decode_server_frame, encode_client_frame

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from gateway.core.config import CoreConfig
-from gateway.core.hub import Close, Hub, Send
+from gateway.core.hub import Hub
+from gateway.core.outputs import Close, Send
 from gateway.errors import ErrorCode
 from gateway.wire import frames as f
 from gateway.wire.codec import decode_server_frame, encode_client_frame

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from gateway.core.auth import AuthConfig, Authenticator
 from gateway.core.config import CoreConfig
-from gateway.core.hub import Close, Hub, Persist, Send
+from gateway.core.hub import Hub
 from gateway.core.limits import LimitsConfig
+from gateway.core.outputs import Close, Persist, Send
 from gateway.errors import ErrorCode
 from gateway.wire import frames as f
 from gateway.wire.codec import decode_server_frame, encode_client_frame

@@ -10,8 +10,9 @@ import pytest
 
 from gateway.core.auth import AuthConfig, Authenticator
 from gateway.core.config import CoreConfig
-from gateway.core.hub import Close, Hub, Persist, Send
+from gateway.core.hub import Hub
 from gateway.core.limits import LimitsConfig, TokenBucket
+from gateway.core.outputs import Close, Persist, Send
 from gateway.core.principals import Allowances, take_all
 from gateway.errors import ErrorCode
 from gateway.wire import frames as f

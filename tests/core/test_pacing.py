@@ -5,7 +5,8 @@ whole room log at once, and fetches were never measured against any budget."""
 from __future__ import annotations
 
 from gateway.core.config import CoreConfig
-from gateway.core.hub import Close, Hub, Persist, Send, StoreRead
+from gateway.core.hub import Hub
+from gateway.core.outputs import Close, Persist, Send, StoreRead
 from gateway.errors import ErrorCode
 from gateway.wire import frames as f
 from gateway.wire.codec import decode_server_frame, encode_client_frame

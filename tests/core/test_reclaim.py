@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.config import CoreConfig
-from gateway.core.hub import Hub, LoadRoom, Persist, RoomChanged, RoomReclaimed
+from gateway.core.hub import Hub
 from gateway.core.limits import LimitsConfig
+from gateway.core.outputs import LoadRoom, Persist, RoomChanged, RoomReclaimed
 from gateway.errors import ErrorCode
 from gateway.wire import frames as f
 from tests.core.test_hub import Peer, pump, tick

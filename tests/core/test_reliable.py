@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from gateway.core.config import CoreConfig
-from gateway.core.hub import Hub, Persist
+from gateway.core.hub import Hub
+from gateway.core.outputs import Persist
 from gateway.errors import ErrorCode
 from gateway.wire import frames as f
 from tests.core.test_hub import Peer, pump

@@ -8,8 +8,9 @@ of its epoch, and reconcile them in an order that keeps causality and per-sender
 from __future__ import annotations
 
 from gateway.core.config import CoreConfig
-from gateway.core.hub import Hub, Send
+from gateway.core.hub import Hub
 from gateway.core.limits import LimitsConfig
+from gateway.core.outputs import Send
 from gateway.core.sharder import ShardingConfig
 from gateway.sdk.reconcile import Delivered, Reconciler
 from gateway.wire import frames as f

@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from gateway.core.batching import plan_shedding
 from gateway.core.config import CoreConfig
-from gateway.core.hub import Close, Hub, Persist
+from gateway.core.hub import Hub
+from gateway.core.outputs import Close, Persist
 from gateway.errors import ErrorCode
 from gateway.wire import frames as f
 from tests.core.test_hub import Peer, pump, tick

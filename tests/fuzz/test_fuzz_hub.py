@@ -30,7 +30,8 @@ from hypothesis.stateful import (
 )
 
 from gateway.core.config import CoreConfig
-from gateway.core.hub import Close, Hub, Output, Persist, Send
+from gateway.core.hub import Hub
+from gateway.core.outputs import Close, Output, Persist, Send
 from gateway.core.sharder import ShardingConfig
 from gateway.errors import ErrorCode
 from gateway.wire import frames as f
