@@ -93,13 +93,10 @@ def fan_out_shared(
         if live and config.chatter_datagram_bytes
         else None
     )
-    if chatter:  # one pass over the subscribers, and only for batches with chatter
-        split: tuple[list[int], list[int]] = ([], [])  # (stream only, datagrams)
-        for c in conn_ids:
-            split[sessions[c].datagrams].append(c)
-        by_datagram = tuple(split[1])
+    if chatter:  # the subscribers are looked at only for batches with chatter
+        by_datagram = tuple(c for c in conn_ids if sessions[c].datagrams)
         if by_datagram:
-            conn_ids = tuple(split[0])
+            conn_ids = tuple(c for c in conn_ids if not sessions[c].datagrams)
             too_big = _send_datagrams(room, chatter, by_datagram, sessions, config, stats, out)
             rest = [
                 e.encoded
